@@ -1,0 +1,282 @@
+"""Run configuration: frozen dataclasses, validated before anything compiles.
+
+A :class:`Config` fully describes one simulation. It round-trips through JSON (``to_dict`` /
+``from_dict``), which is how the CLI and ``config.json`` in a run directory share it with the Python API.
+Every check raises :class:`ConfigError` naming the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHMS = ("divshare", "swift", "adpsgd", "dpsgd")
+TRANSPORTS = ("fifo", "shared")
+NETWORK_PRESETS = ("uniform", "stragglers", "diablo")
+TOPOLOGIES = ("ring", "torus", "exponential", "complete", "regular")
+TASKS = ("synthetic",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent with another one."""
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def _finite_positive(name: str, value: Any) -> None:
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
+        name, value, "expected a finite number > 0",
+    )
+
+
+def _integer(name: str, value: Any, low: int, high: float = math.inf) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+        name, value, f"expected an integer in [{low}, {high}]",
+    )
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, name, value, f"expected one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Which network to build (see :mod:`divjax.network`).
+
+    Attributes:
+      preset: ``uniform`` (every node at ``fast_mbps``), ``stragglers`` (the first ``stragglers`` nodes at
+        ``fast_mbps / slowdown``, both ways, as the reference's Kollaps topology) or ``diablo`` (10 sites x
+        ``nodes/10`` nodes with the measured inter-site bandwidth matrix; needs ``nodes`` divisible by 10).
+      stragglers: number of communication stragglers (node ids ``0 .. stragglers-1``, as in the reference).
+      slowdown: bandwidth divisor of a straggler (5 in the reference's ``60n7cs5`` topology).
+      fast_mbps: up and down bandwidth of a regular node in Mbit/s (60 in the reference).
+      latency_ms: one-way latency of each node's link in ms; a path crosses two links (sender, receiver).
+      transport: ``fifo`` (one message at a time per uplink; the paper's description) or ``shared`` (per-peer
+        flows share the links max-min fairly; how the reference deployment behaves on the wire).
+      header_bytes: bytes added to every message on top of its float32 payload.
+    """
+
+    preset: str = "stragglers"
+    stragglers: int = 7
+    slowdown: float = 5.0
+    fast_mbps: float = 60.0
+    latency_ms: float = 1.0
+    transport: str = "fifo"
+    header_bytes: int = 0
+
+    def validate(self, nodes: int) -> None:
+        _choice("network.preset", self.preset, NETWORK_PRESETS)
+        _choice("network.transport", self.transport, TRANSPORTS)
+        _integer("network.stragglers", self.stragglers, 0, nodes)
+        _finite_positive("network.slowdown", self.slowdown)
+        _finite_positive("network.fast_mbps", self.fast_mbps)
+        _require(
+            isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms) and self.latency_ms >= 0,
+            "network.latency_ms", self.latency_ms, "expected a finite number >= 0",
+        )
+        _integer("network.header_bytes", self.header_bytes, 0)
+        if self.preset == "diablo":
+            _require(nodes % 10 == 0, "nodes", nodes, "the diablo preset needs a multiple of 10 (10 sites)")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which learning task every node trains on (see :mod:`divjax.tasks`).
+
+    Attributes:
+      name: ``synthetic``, the embedded non-IID classification task (FedProx Synthetic(alpha, beta)).
+      alpha, beta: heterogeneity of the labelling functions and of the inputs across nodes.
+      hidden: width of the hidden layer of the MLP (0 gives multinomial logistic regression).
+      samples_mean_log, samples_sigma_log: node sample counts are ``50 + LogNormal(mean, sigma)``, capped at
+        ``samples_cap``; 20 % of each node's samples form its test split.
+    """
+
+    name: str = "synthetic"
+    alpha: float = 0.5
+    beta: float = 0.5
+    hidden: int = 32
+    samples_mean_log: float = 5.0
+    samples_sigma_log: float = 0.5
+    samples_cap: int = 1000
+
+    def validate(self) -> None:
+        _choice("task.name", self.name, TASKS)
+        for name in ("alpha", "beta", "samples_sigma_log"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                     f"task.{name}", value, "expected a finite number >= 0")
+        _require(isinstance(self.samples_mean_log, (int, float)) and math.isfinite(self.samples_mean_log),
+                 "task.samples_mean_log", self.samples_mean_log, "expected a finite number")
+        _integer("task.hidden", self.hidden, 0, 4096)
+        _integer("task.samples_cap", self.samples_cap, 60)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One simulation run. Times are simulated seconds.
+
+    Attributes:
+      algorithm: ``divshare``, ``swift``, ``adpsgd`` or ``dpsgd``.
+      nodes: number of nodes n.
+      degree: J, recipients per fragment (divshare, swift); ``degree // 2`` pings per iteration (adpsgd);
+        the degree of the ``regular`` topology (dpsgd).
+      omega: DivShare's fragment fraction; ``m = max(1, int(1/omega))`` fragments. Swift and AD-PSGD always
+        send the whole model (m = 1); D-PSGD too.
+      local_steps: H, minibatch SGD steps per iteration.
+      batch_size: minibatch size.
+      lr: SGD learning rate (plain SGD, no momentum, as the reference).
+      step_time: simulated seconds of one local SGD step on a regular node.
+      compute_stragglers: nodes ``0 .. compute_stragglers-1`` take ``compute_slowdown`` times longer per step.
+      dt: the tick in simulated seconds; ``None`` means ``step_time``. Step times are rounded to a whole
+        number of ticks (see docs/semantics.md); network events keep their exact times.
+      duration: simulated seconds to run.
+      eval_every: simulated seconds between evaluations (rounded to whole ticks).
+      target_accuracy: the mean test accuracy across nodes whose first crossing is the time-to-accuracy.
+      seed: seeds the task data, the initial model (shared by all nodes), minibatches and recipients.
+      topology: D-PSGD's gossip graph.
+      queue_capacity: message records per sender; ``None`` chooses from the algorithm (see ``capacities``).
+      snapshot_slots: model snapshots kept per sender for in-flight messages; ``None`` chooses.
+      network, task: see :class:`NetworkConfig`, :class:`TaskConfig`.
+    """
+
+    algorithm: str = "divshare"
+    nodes: int = 60
+    degree: int = 6
+    omega: float = 0.1
+    local_steps: int = 128
+    batch_size: int = 8
+    lr: float = 0.05
+    step_time: float = 0.015
+    compute_stragglers: int = 0
+    compute_slowdown: float = 1.0
+    dt: float | None = None
+    duration: float = 800.0
+    eval_every: float = 20.0
+    target_accuracy: float = 0.6
+    seed: int = 0
+    topology: str = "ring"
+    queue_capacity: int | None = None
+    snapshot_slots: int | None = None
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def tick(self) -> float:
+        """The tick length in simulated seconds."""
+        return self.step_time if self.dt is None else self.dt
+
+    @property
+    def fragments(self) -> int:
+        """m, the number of model fragments per message round."""
+        if self.algorithm == "divshare":
+            return max(1, int(1.0 / self.omega))
+        return 1
+
+    @property
+    def messages_per_iteration(self) -> int:
+        """Messages a node queues at each iteration boundary (pongs excluded)."""
+        if self.algorithm in ("divshare", "swift"):
+            return self.degree * self.fragments
+        if self.algorithm == "adpsgd":
+            return self.degree // 2
+        return -1  # dpsgd: the node's degree in its topology, known once the graph is built
+
+    def capacities(self, max_out: int) -> tuple[int, int]:
+        """(queue records per sender, snapshot slots per sender), from the config or the defaults.
+
+        Defaults leave room for several iterations of backlog: DivShare flushes, so about two iterations
+        are alive at once; Swift and AD-PSGD never drop, so a slow sender builds a backlog; the overflow
+        of either capacity is counted and reported, never silent.
+        """
+        backlog = {"divshare": 3, "swift": 8, "adpsgd": 8, "dpsgd": 3}[self.algorithm]
+        queue = self.queue_capacity or backlog * max_out
+        slots = self.snapshot_slots or backlog + 1
+        return queue, slots
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "Config":
+        """Raise :class:`ConfigError` on the first bad field; return ``self`` so calls chain."""
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _integer("nodes", self.nodes, 2, 1_000_000)
+        _integer("degree", self.degree, 1)
+        if self.algorithm in ("divshare", "swift"):
+            _require(self.degree < self.nodes, "degree", self.degree,
+                     f"J must be < nodes={self.nodes} (J distinct peers among the n-1 others)")
+        if self.algorithm == "adpsgd":
+            _require(self.degree >= 2, "degree", self.degree, "AD-PSGD sends degree // 2 pings: need degree >= 2")
+        _require(isinstance(self.omega, (int, float)) and not isinstance(self.omega, bool)
+                 and math.isfinite(self.omega) and 0 < self.omega <= 1,
+                 "omega", self.omega, "expected a fragment fraction in (0, 1]")
+        _integer("local_steps", self.local_steps, 1)
+        _integer("batch_size", self.batch_size, 1)
+        _finite_positive("lr", self.lr)
+        _finite_positive("step_time", self.step_time)
+        _integer("compute_stragglers", self.compute_stragglers, 0, self.nodes)
+        _require(isinstance(self.compute_slowdown, (int, float)) and math.isfinite(self.compute_slowdown)
+                 and self.compute_slowdown >= 1, "compute_slowdown", self.compute_slowdown,
+                 "expected a finite number >= 1")
+        if self.dt is not None:
+            _finite_positive("dt", self.dt)
+            _require(self.dt <= self.step_time * (1 + 1e-9), "dt", self.dt,
+                     f"the tick must not exceed step_time={self.step_time} (a node takes at most one step a tick)")
+        _finite_positive("duration", self.duration)
+        _finite_positive("eval_every", self.eval_every)
+        _require(self.eval_every >= self.tick * (1 - 1e-9), "eval_every", self.eval_every,
+                 f"expected at least one tick ({self.tick} s)")
+        _require(isinstance(self.target_accuracy, (int, float)) and 0 <= self.target_accuracy <= 1,
+                 "target_accuracy", self.target_accuracy, "expected a fraction in [0, 1]")
+        _integer("seed", self.seed, 0, 2**31 - 1)
+        _choice("topology", self.topology, TOPOLOGIES)
+        if self.algorithm == "dpsgd" and self.topology == "regular":
+            _require(self.degree < self.nodes and (self.degree * self.nodes) % 2 == 0, "degree", self.degree,
+                     "a random d-regular graph needs degree < nodes and degree * nodes even")
+        if self.queue_capacity is not None:
+            _integer("queue_capacity", self.queue_capacity, 1)
+        if self.snapshot_slots is not None:
+            _integer("snapshot_slots", self.snapshot_slots, 2)
+        ticks = self.duration / self.tick
+        _require(ticks < 2**24, "duration", self.duration,
+                 f"at most 2**24 ticks per run (duration / dt = {ticks:.3g}); raise dt or shorten the run")
+        _require(isinstance(self.network, NetworkConfig), "network", self.network, "expected a NetworkConfig")
+        _require(isinstance(self.task, TaskConfig), "task", self.task, "expected a TaskConfig")
+        self.network.validate(self.nodes)
+        self.task.validate()
+        return self
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Build a config from a (possibly partial) dict; unknown keys are an error."""
+        data = dict(data)
+        nested = {"network": NetworkConfig, "task": TaskConfig}
+        for key, sub_cls in nested.items():
+            if key in data and isinstance(data[key], dict):
+                data[key] = _build(sub_cls, data[key], prefix=f"{key}.")
+        return _build(cls, data)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; "
+                          f"allowed: {', '.join(sorted(prefix + n for n in names))}")
+    return cls(**data)

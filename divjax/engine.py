@@ -1,0 +1,282 @@
+"""The vectorised engine: every node in one stacked state, advanced tick by tick under ``jit``.
+
+One tick k covers simulated time ``((k-1) dt, k dt]`` and does, in this order:
+
+1. **compute**: every node whose local step completes at ``k`` takes one masked, vmapped SGD step;
+2. **network**: messages move through ``(k-1, k]`` (closed form for ``fifo``; an exact event loop for
+   ``shared``); landings are counted, and algorithms that answer landings (AD-PSGD) do so;
+3. **release**: waiting nodes (D-PSGD) whose neighbours' models are all in mix and go on;
+4. **boundaries**: nodes that just finished their K-th step snapshot, mix, flush and queue messages.
+
+Steps 1, 3 and 4 sit behind ``lax.cond`` so ticks where nobody steps or reaches a boundary cost almost
+nothing. Ticks run in a ``fori_loop`` inside one compiled function; the host calls it once per evaluation
+interval. See docs/semantics.md for the exact model of time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from divjax import algorithms, tasks
+from divjax import network as network_lib
+from divjax.config import Config
+from divjax.fragments import FragmentLayout, build_layout, to_fragments
+from divjax.network import Network
+from divjax.queue import FATE_EVICTED, Counters, MessageQueue, end, per_receiver
+from divjax.randomness import STREAM_COMM, STREAM_DATA, STREAM_INIT, batch_plan, epochs_needed, stream
+from divjax.state import SimParams, SimSpec, SimState, flatten_models, tree_select
+from divjax.tasks import Task, TaskData
+from divjax.transport import Links, advance_shared, answer, flush, send
+
+MIX_BLOCK_FLOATS = 1 << 24  # payload floats gathered at once when mixing (64 MiB of float32)
+
+TRACES: Counter = Counter()  # compilations of the tick loop per SimSpec (tests assert no silent retrace)
+
+
+@dataclass(frozen=True, eq=False)
+class Simulation:
+    """A built simulation: config, static spec, numeric params, and the objects they came from."""
+
+    config: Config
+    spec: SimSpec
+    params: SimParams
+    network: Network
+    layout: FragmentLayout
+    data: TaskData
+
+    @property
+    def dt(self) -> float:
+        return self.config.tick
+
+    def initial_state(self) -> SimState:
+        return _initial_state(self.spec, self.params, self.config.seed)
+
+    @property
+    def step_times(self) -> np.ndarray:
+        """Simulated seconds per local step of each node, after rounding to whole ticks."""
+        return np.asarray(self.params.step_ticks) * self.dt
+
+
+def _mix_block(queue_capacity: int, nodes: int, width: int) -> int:
+    fitting = [b for b in range(1, queue_capacity + 1)
+               if queue_capacity % b == 0 and nodes * b * width <= MIX_BLOCK_FLOATS]
+    return max(fitting, default=1)
+
+
+def _step_ticks(config: Config) -> np.ndarray:
+    times = np.full(config.nodes, config.step_time)
+    times[: config.compute_stragglers] *= config.compute_slowdown
+    ticks = np.maximum(1, np.rint(times / config.tick)).astype(np.int32)
+    error = np.max(np.abs(ticks * config.tick - times) / times)
+    if error > 0.01:
+        warnings.warn(f"step times are rounded to whole ticks of dt={config.tick}: up to {error:.1%} off; "
+                      "choose a dt that divides step_time (and step_time * compute_slowdown)", stacklevel=3)
+    return ticks
+
+
+def build(config: Config, network: Network | None = None, task: Task | None = None,
+          data: TaskData | None = None, log_messages: int = 0) -> Simulation:
+    """Validate ``config`` and lay the simulation out (no compilation happens here).
+
+    ``network`` replaces the preset the config names (a custom topology, say); ``task`` with ``data``
+    replaces the task the config names. ``log_messages > 0`` keeps a log of that many ended messages
+    (:class:`~divjax.queue.MessageLog`; for tests and diagnostics).
+    """
+    config.validate()
+    n = config.nodes
+    net = network if network is not None else network_lib.from_config(config.network, n)
+    if net.nodes != n:
+        raise ValueError(f"network has {net.nodes} nodes but config.nodes={n}")
+    if (task is None) != (data is None):
+        raise ValueError("pass both task and data, or neither")
+    if task is None:
+        task, data = tasks.build(config.task, n, config.seed)
+    sizes = np.asarray(data.train.sizes)
+    if sizes.shape != (n,) or sizes.min() < 1:
+        raise ValueError(f"task data must give every one of the {n} nodes at least one sample")
+    algo = algorithms.get(config.algorithm)
+    algo_arrays = algo.init(config)
+    out_width = algo.out_width(config, algo_arrays)
+    queue_capacity, slots = config.capacities(out_width)
+
+    init_params = task.init_params(jax.random.key(0))
+    leaves = jax.tree.leaves(init_params)
+    layout = build_layout([int(np.prod(x.shape)) for x in leaves], config.fragments, config.seed)
+    width = layout.width
+    spec = SimSpec(
+        algorithm=config.algorithm, task=task, nodes=n, fragments=layout.num_fragments, fragment_width=width,
+        dim=layout.dim, degree=config.degree, local_steps=config.local_steps, batch_size=config.batch_size,
+        queue_capacity=queue_capacity, snapshot_slots=slots, out_width=out_width,
+        pong_width=min(n - 1, 4 * (config.degree // 2) + 8), max_shard=int(data.train.x.shape[1]),
+        epochs=epochs_needed(int(sizes.min()), config.local_steps, config.batch_size),
+        transport=net.transport, mix_block=_mix_block(queue_capacity, n, width), log_capacity=log_messages,
+    )
+    params = SimParams(
+        lr=jnp.asarray(config.lr, jnp.float32),
+        step_ticks=jnp.asarray(_step_ticks(config)),
+        links=Links.from_network(net, config.tick),
+        fragment_index=jnp.asarray(layout.index),
+        fragment_position=jnp.asarray(layout.position),
+        fragment_bits=jnp.asarray(32.0 * layout.sizes, jnp.float32),
+        data=data,
+        data_key=stream(config.seed, STREAM_DATA),
+        comm_key=stream(config.seed, STREAM_COMM),
+        algo=algo_arrays,
+    )
+    return Simulation(config=config, spec=spec, params=params, network=net, layout=layout, data=data)
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+def _plans(spec: SimSpec, p: SimParams, iteration: jax.Array) -> tuple[jax.Array, jax.Array]:
+    plan = lambda node, it, size: batch_plan(  # noqa: E731
+        p.data_key, node, it, size, local_steps=spec.local_steps, batch_size=spec.batch_size,
+        max_size=spec.max_shard, epochs=spec.epochs)
+    return jax.vmap(plan)(jnp.arange(spec.nodes), iteration, p.data.train.sizes)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _initial_state_jit(spec: SimSpec, p: SimParams, init_key: jax.Array) -> SimState:
+    n, slots = spec.nodes, spec.snapshot_slots
+    model = spec.task.init_params(init_key)  # one initial model, shared by every node (the reference's)
+    params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), model)
+    opt_state = jax.vmap(optax.sgd(p.lr).init)(params)
+    zeros = jnp.zeros(n, jnp.int32)
+    batch_idx, batch_mask = _plans(spec, p, zeros)
+    own = to_fragments(flatten_models(params), p.fragment_index)
+    snapshots = jnp.zeros((n, slots, spec.fragments, spec.fragment_width), jnp.float32)
+    snapshots = snapshots.at[:, slots - 1].set(own)
+    return SimState(
+        tick=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, iteration=zeros,
+        step_in_iter=zeros, next_step_tick=p.step_ticks, waiting=jnp.zeros(n, bool),
+        batch_idx=batch_idx, batch_mask=batch_mask, snapshots=snapshots,
+        snapshot_iter=jnp.full((n, slots), -1, jnp.int32), latest_slot=jnp.full(n, slots - 1, jnp.int32),
+        queue=MessageQueue.empty(n, spec.queue_capacity), counters=Counters.zeros(n, spec.log_capacity),
+        train_loss_sum=jnp.zeros(n, jnp.float32), train_loss_steps=zeros,
+    )
+
+
+def _initial_state(spec: SimSpec, p: SimParams, seed: int) -> SimState:
+    return _initial_state_jit(spec, p, stream(seed, STREAM_INIT))
+
+
+# ------------------------------------------------------------------------------------------ tick
+
+
+def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -> SimState:
+    nodes = jnp.arange(spec.nodes)
+    step = jnp.minimum(s.step_in_iter, spec.local_steps - 1)
+    idx, mask = s.batch_idx[nodes, step], s.batch_mask[nodes, step]
+    x = jax.vmap(lambda xs, i: xs[i])(p.data.train.x, idx)
+    y = jax.vmap(lambda ys, i: ys[i])(p.data.train.y, idx)
+    optimizer = optax.sgd(p.lr)
+
+    def sgd_step(params, opt_state, x, y, mask):
+        loss, grads = jax.value_and_grad(spec.task.loss)(params, x, y, mask)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask)
+    return s.replace(
+        params=tree_select(stepping, params, s.params),
+        opt_state=tree_select(stepping, opt_state, s.opt_state),
+        step_in_iter=s.step_in_iter + stepping,
+        next_step_tick=s.next_step_tick + jnp.where(stepping, p.step_ticks, 0),
+        train_loss_sum=s.train_loss_sum + jnp.where(stepping, loss, 0.0),
+        train_loss_steps=s.train_loss_steps + stepping,
+    )
+
+
+def _write_snapshots(spec: SimSpec, s: SimState, who: jax.Array, own: jax.Array, now: jax.Array) -> SimState:
+    """Store the boundary nodes' models in ring slot ``iteration mod S``; records still pointing at the
+    model that slot held are evicted (counted as ``overflow_snapshot``)."""
+    nodes = jnp.arange(spec.nodes)
+    slot = s.iteration % spec.snapshot_slots
+    evicted = s.queue.live & who[:, None] & (s.queue.slot == slot[:, None])
+    queue, counters = end(s.queue, s.counters, evicted, FATE_EVICTED, now)
+    current = s.snapshots[nodes, slot]
+    return s.replace(
+        snapshots=s.snapshots.at[nodes, slot].set(jnp.where(who[:, None, None], own, current)),
+        snapshot_iter=s.snapshot_iter.at[nodes, slot].set(jnp.where(who, s.iteration, s.snapshot_iter[nodes, slot])),
+        latest_slot=jnp.where(who, slot, s.latest_slot), queue=queue, counters=counters,
+    )
+
+
+def _boundary(spec: SimSpec, p: SimParams, s: SimState, at_boundary: jax.Array, now: jax.Array) -> SimState:
+    algo = algorithms.get(spec.algorithm)
+    own = to_fragments(flatten_models(s.params), p.fragment_index)  # the pre-aggregation model
+    s = algo.mix(spec, p, s, at_boundary, own, now)
+    s = _write_snapshots(spec, s, at_boundary, own, now)
+    out = algo.outbox(spec, p, s, at_boundary, now)
+    queue, counters = s.queue, s.counters
+    if algo.flushes:
+        queue, counters = flush(queue, counters, at_boundary, now)
+    queue, counters = send(queue, counters, out, p.links, p.fragment_bits, spec.transport)
+    iteration = s.iteration + at_boundary
+    batch_idx, batch_mask = _plans(spec, p, iteration)
+    keep = at_boundary[:, None, None]
+    return s.replace(
+        queue=queue, counters=counters, iteration=iteration,
+        step_in_iter=jnp.where(at_boundary, 0, s.step_in_iter),
+        waiting=s.waiting | (at_boundary & algo.waits),
+        batch_idx=jnp.where(keep, batch_idx, s.batch_idx), batch_mask=jnp.where(keep, batch_mask, s.batch_mask),
+    )
+
+
+def _when(pred: jax.Array, fn, s: SimState, *args) -> SimState:
+    return jax.lax.cond(pred, lambda s: fn(s, *args), lambda s: s, s)
+
+
+def _network(spec: SimSpec, p: SimParams, s: SimState, since: jax.Array, now: jax.Array) -> SimState:
+    algo = algorithms.get(spec.algorithm)
+    hook = algo.on_land(spec, p, s) if algo.on_land is not None else None
+    queue, counters = s.queue, s.counters
+    if spec.transport == "shared":
+        queue, counters = advance_shared(queue, counters, p.links, since, now, p.fragment_bits, hook)
+    elif hook is not None:
+        queue, counters = answer(queue, counters, hook, since, now, p.links, p.fragment_bits, "fifo")
+    landed = queue.live & (queue.land > since) & (queue.land <= now)
+    counters = counters.add(delivered=jnp.sum(landed, axis=1),
+                            received=per_receiver(landed, queue.receiver, spec.nodes))
+    return s.replace(queue=queue, counters=counters)
+
+
+def _tick(spec: SimSpec, p: SimParams, s: SimState) -> SimState:
+    algo = algorithms.get(spec.algorithm)
+    tick = s.tick + 1
+    now = tick.astype(jnp.float32)
+    stepping = ~s.waiting & (s.next_step_tick == tick)
+    s = _when(jnp.any(stepping), lambda s: _local_step(spec, p, s, stepping), s)
+    at_boundary = stepping & (s.step_in_iter == spec.local_steps)
+    s = _network(spec, p, s, now - 1.0, now)
+    if algo.release is not None:
+        s = _when(jnp.any(s.waiting), lambda s: algo.release(spec, p, s, now), s)
+    s = _when(jnp.any(at_boundary), lambda s: _boundary(spec, p, s, at_boundary, now), s)
+    return s.replace(tick=tick)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _advance(spec: SimSpec, p: SimParams, s: SimState, ticks: jax.Array) -> SimState:
+    TRACES[spec] += 1
+    return jax.lax.fori_loop(0, ticks, lambda _, s: _tick(spec, p, s), s)
+
+
+def advance(sim: Simulation, state: SimState, ticks: int) -> SimState:
+    """Simulate ``ticks`` more ticks (compiled once per spec; the tick count is not static)."""
+    return _advance(sim.spec, sim.params, state, jnp.asarray(ticks, jnp.int32))
+
+
+def ticks_for(seconds: float, dt: float) -> int:
+    """Whole ticks in ``seconds`` of simulated time (rounded to the nearest tick)."""
+    return max(1, int(math.floor(seconds / dt + 0.5)))
+

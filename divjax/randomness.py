@@ -1,0 +1,88 @@
+"""Every random draw of a simulation, as pure functions of (seed, node, iteration).
+
+The engine calls these vmapped over nodes; the event-driven reference (:mod:`divjax.reference`) calls the
+very same functions one node at a time. That is what lets the two be compared message by message: given a
+seed, both see the same recipients, the same send order and the same minibatches.
+
+Streams are separated with ``fold_in`` so that, for instance, changing the number of local steps does not
+change which peers a node picks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+STREAM_INIT = 0  # the initial model, shared by every node
+STREAM_DATA = 1  # minibatch order
+STREAM_COMM = 2  # recipients, send order, ping targets
+STREAM_TASK = 3  # the task's own data generation (synthetic data)
+
+
+def stream(seed: int | jax.Array, which: int) -> jax.Array:
+    """The base key of one stream of a run seeded with ``seed``."""
+    return jax.random.fold_in(jax.random.key(seed), which)
+
+
+def _node_key(key: jax.Array, node: jax.Array, iteration: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(key, node), iteration)
+
+
+def _others(draws: jax.Array, node: jax.Array) -> jax.Array:
+    """Map draws in ``[0, n-2]`` to the other nodes ``[0, n-1] minus {node}``."""
+    return draws + (draws >= node)
+
+
+def fragment_messages(comm_key: jax.Array, node: jax.Array, iteration: jax.Array, n: int, m: int,
+                      J: int) -> tuple[jax.Array, jax.Array]:
+    """DivShare's ``J*m`` messages of one iteration, in send order: ``(receivers, fragments)``.
+
+    For each fragment independently, J distinct peers uniformly among the n - 1 others (the reference's
+    ``Random.sample``); the J*m (peer, fragment) pairs are then shuffled.
+    """
+    pick_key, order_key = jax.random.split(_node_key(comm_key, node, iteration))
+    scores = jax.random.uniform(pick_key, (m, n - 1))
+    _, chosen = jax.lax.top_k(-scores, J)  # the J lowest scores: a uniform J-subset, per fragment
+    receivers = _others(chosen, node).reshape(-1).astype(jnp.int32)
+    fragments = jnp.repeat(jnp.arange(m, dtype=jnp.int32), J)
+    order = jax.random.permutation(order_key, J * m)
+    return receivers[order], fragments[order]
+
+
+def ping_targets(comm_key: jax.Array, node: jax.Array, iteration: jax.Array, n: int,
+                 count: int) -> jax.Array:
+    """AD-PSGD's ``count`` ping targets of one iteration: uniform among the others, with replacement."""
+    draws = jax.random.randint(_node_key(comm_key, node, iteration), (count,), 0, n - 1)
+    return _others(draws, node).astype(jnp.int32)
+
+
+def batch_plan(data_key: jax.Array, node: jax.Array, iteration: jax.Array, size: jax.Array, *,
+               local_steps: int, batch_size: int, max_size: int,
+               epochs: int) -> tuple[jax.Array, jax.Array]:
+    """The minibatches of one iteration: ``(indices [K, B], mask [K, B])``.
+
+    As the reference's ``Training.train``: a fresh shuffle of the shard at the start of every iteration,
+    ``ceil(size / B)`` steps per epoch with a short last batch (masked here), and a new shuffle whenever an
+    epoch ends within the K steps. ``epochs`` must be at least ``ceil(K / ceil(min_size / B))``.
+    """
+    key = _node_key(data_key, node, iteration)
+    valid = jnp.arange(max_size) < size
+
+    def shuffle(epoch: jax.Array) -> jax.Array:
+        scores = jax.random.uniform(jax.random.fold_in(key, epoch), (max_size,))
+        return jnp.argsort(jnp.where(valid, scores, 2.0))  # the shard's samples first, in random order
+
+    perms = jax.vmap(shuffle)(jnp.arange(epochs))
+    steps_per_epoch = (size + batch_size - 1) // batch_size
+    step = jnp.arange(local_steps)
+    epoch = jnp.minimum(step // steps_per_epoch, epochs - 1)
+    pos = (step % steps_per_epoch)[:, None] * batch_size + jnp.arange(batch_size)
+    mask = pos < size
+    indices = perms[epoch[:, None], jnp.minimum(pos, max_size - 1)]
+    return jnp.where(mask, indices, 0).astype(jnp.int32), mask
+
+
+def epochs_needed(min_size: int, local_steps: int, batch_size: int) -> int:
+    """How many shuffles one iteration can need, for the smallest shard."""
+    steps_per_epoch = -(-min_size // batch_size)
+    return -(-local_steps // steps_per_epoch)
