@@ -95,8 +95,8 @@ class TaskConfig:
       name: ``synthetic``, the embedded non-IID classification task (FedProx Synthetic(alpha, beta)).
       alpha, beta: heterogeneity of the labelling functions and of the inputs across nodes.
       hidden: width of the hidden layer of the MLP (0 gives multinomial logistic regression).
-      samples_mean_log, samples_sigma_log: node sample counts are ``50 + LogNormal(mean, sigma)``, capped at
-        ``samples_cap``; 20 % of each node's samples form its test split.
+      samples_mean_log, samples_sigma_log: node training-sample counts are ``50 + LogNormal(mean, sigma)``,
+        capped at ``samples_cap``; the test set holds 50 more samples from each node's distribution.
     """
 
     name: str = "synthetic"
@@ -105,7 +105,7 @@ class TaskConfig:
     hidden: int = 32
     samples_mean_log: float = 5.0
     samples_sigma_log: float = 0.5
-    samples_cap: int = 1000
+    samples_cap: int = 800
 
     def validate(self) -> None:
         _choice("task.name", self.name, TASKS)
@@ -116,7 +116,7 @@ class TaskConfig:
         _require(isinstance(self.samples_mean_log, (int, float)) and math.isfinite(self.samples_mean_log),
                  "task.samples_mean_log", self.samples_mean_log, "expected a finite number")
         _integer("task.hidden", self.hidden, 0, 4096)
-        _integer("task.samples_cap", self.samples_cap, 60)
+        _integer("task.samples_cap", self.samples_cap, 50)
 
 
 @dataclass(frozen=True)

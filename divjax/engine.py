@@ -101,8 +101,9 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
     if task is None:
         task, data = tasks.build(config.task, n, config.seed)
     sizes = np.asarray(data.train.sizes)
-    if sizes.shape != (n,) or sizes.min() < 1:
-        raise ValueError(f"task data must give every one of the {n} nodes at least one sample")
+    floor = data.train.size_floor or int(sizes.min())
+    if sizes.shape != (n,) or sizes.min() < max(1, floor):
+        raise ValueError(f"task data must give every one of the {n} nodes at least max(1, size_floor) samples")
     algo = algorithms.get(config.algorithm)
     algo_arrays = algo.init(config)
     out_width = algo.out_width(config, algo_arrays)
@@ -117,7 +118,7 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
         dim=layout.dim, degree=config.degree, local_steps=config.local_steps, batch_size=config.batch_size,
         queue_capacity=queue_capacity, snapshot_slots=slots, out_width=out_width,
         pong_width=min(n - 1, 4 * (config.degree // 2) + 8), max_shard=int(data.train.x.shape[1]),
-        epochs=epochs_needed(int(sizes.min()), config.local_steps, config.batch_size),
+        epochs=epochs_needed(floor, config.local_steps, config.batch_size),
         transport=net.transport, mix_block=_mix_block(queue_capacity, n, width), log_capacity=log_messages,
     )
     params = SimParams(
@@ -197,26 +198,29 @@ def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -
     )
 
 
-def _write_snapshots(spec: SimSpec, s: SimState, who: jax.Array, own: jax.Array, now: jax.Array) -> SimState:
-    """Store the boundary nodes' models in ring slot ``iteration mod S``; records still pointing at the
-    model that slot held are evicted (counted as ``overflow_snapshot``)."""
-    nodes = jnp.arange(spec.nodes)
+def _snapshot(spec: SimSpec, p: SimParams, s: SimState, who: jax.Array, now: jax.Array) -> SimState:
+    """Store the boundary nodes' models (post-training, pre-aggregation) in ring slot ``iteration mod S``.
+
+    Records still pointing at the model that slot held are evicted (counted as ``overflow_snapshot``):
+    the ring was too small for how long that message stayed in flight.
+    """
+    own = to_fragments(flatten_models(s.params), p.fragment_index)
     slot = s.iteration % spec.snapshot_slots
     evicted = s.queue.live & who[:, None] & (s.queue.slot == slot[:, None])
     queue, counters = end(s.queue, s.counters, evicted, FATE_EVICTED, now)
-    current = s.snapshots[nodes, slot]
+    target = who[:, None] & (jnp.arange(spec.snapshot_slots) == slot[:, None])  # [n, S]
     return s.replace(
-        snapshots=s.snapshots.at[nodes, slot].set(jnp.where(who[:, None, None], own, current)),
-        snapshot_iter=s.snapshot_iter.at[nodes, slot].set(jnp.where(who, s.iteration, s.snapshot_iter[nodes, slot])),
+        snapshots=jnp.where(target[:, :, None, None], own[:, None], s.snapshots),
+        snapshot_iter=jnp.where(target, s.iteration[:, None], s.snapshot_iter),
         latest_slot=jnp.where(who, slot, s.latest_slot), queue=queue, counters=counters,
     )
 
 
-def _boundary(spec: SimSpec, p: SimParams, s: SimState, at_boundary: jax.Array, now: jax.Array) -> SimState:
+def _mix_and_send(spec: SimSpec, p: SimParams, s: SimState, at_boundary: jax.Array, now: jax.Array) -> SimState:
+    """The rest of a boundary, once the snapshot is in the ring: mix, flush, queue, start the next iteration."""
     algo = algorithms.get(spec.algorithm)
-    own = to_fragments(flatten_models(s.params), p.fragment_index)  # the pre-aggregation model
+    own = s.snapshots[jnp.arange(spec.nodes), s.latest_slot]  # the snapshot just taken, for boundary nodes
     s = algo.mix(spec, p, s, at_boundary, own, now)
-    s = _write_snapshots(spec, s, at_boundary, own, now)
     out = algo.outbox(spec, p, s, at_boundary, now)
     queue, counters = s.queue, s.counters
     if algo.flushes:
@@ -261,7 +265,12 @@ def _tick(spec: SimSpec, p: SimParams, s: SimState) -> SimState:
     s = _network(spec, p, s, now - 1.0, now)
     if algo.release is not None:
         s = _when(jnp.any(s.waiting), lambda s: algo.release(spec, p, s, now), s)
-    s = _when(jnp.any(at_boundary), lambda s: _boundary(spec, p, s, at_boundary, now), s)
+    # Two conds, not one: XLA copies the whole snapshot ring on every tick when one conditional both
+    # writes the ring and reads it. Snapshotting before mixing changes nothing unless the ring overflows
+    # (a message S iterations old, mixed at this very tick, is then evicted rather than applied).
+    any_boundary = jnp.any(at_boundary)
+    s = _when(any_boundary, lambda s: _snapshot(spec, p, s, at_boundary, now), s)
+    s = _when(any_boundary, lambda s: _mix_and_send(spec, p, s, at_boundary, now), s)
     return s.replace(tick=tick)
 
 

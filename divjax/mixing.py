@@ -38,7 +38,10 @@ def weighted_average(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, o
 
     total = own * self_weight[:, None, None]
     weights = jnp.broadcast_to(self_weight[:, None], own.shape[:2])
-    total, weights = jax.lax.fori_loop(0, spec.queue_capacity // spec.mix_block, add_block, (total, weights))
+    carry = (total, weights)
+    for block in range(spec.queue_capacity // spec.mix_block):
+        carry = add_block(block, carry)
+    total, weights = carry
     return total / weights[..., None]
 
 

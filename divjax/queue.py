@@ -189,11 +189,15 @@ def per_receiver(mask: jax.Array, receiver: jax.Array, n: int) -> jax.Array:
 
 def placement(queue: MessageQueue, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Where each valid outbox entry goes: ``(fits [n, M], column [n, M])`` in free records, in order."""
-    free_first = jnp.argsort(queue.live, axis=1, stable=True)
-    free = jnp.sum(~queue.live, axis=1, keepdims=True)
+    n, capacity = queue.live.shape
+    free = ~queue.live
+    free_rank = jnp.where(free, jnp.cumsum(free, axis=1) - 1, capacity)
+    rows = jnp.arange(n)[:, None]
+    free_columns = jnp.zeros((n, capacity), jnp.int32).at[rows, free_rank].set(
+        jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (n, capacity)), mode="drop")
     rank = jnp.cumsum(valid, axis=1) - 1
-    fits = valid & (rank < free)
-    column = jnp.take_along_axis(free_first, jnp.clip(rank, 0, queue.capacity - 1), axis=1)
+    fits = valid & (rank < jnp.sum(free, axis=1, keepdims=True))
+    column = jnp.take_along_axis(free_columns, jnp.clip(rank, 0, capacity - 1), axis=1)
     return fits, column
 
 

@@ -33,6 +33,34 @@ def _others(draws: jax.Array, node: jax.Array) -> jax.Array:
     return draws + (draws >= node)
 
 
+def shuffled(key: jax.Array, size: int, valid: jax.Array | None = None) -> jax.Array:
+    """A random order of ``range(size)``; where ``valid`` is given, the valid positions come first.
+
+    Sorts one uint32 array whose high bits are random and low bits the position (XLA sorts a single
+    array several times faster than key-value pairs). Equal random bits, rare with 2^(32-log2 size)
+    values, are broken by position.
+    """
+    low_bits = max(1, (size - 1).bit_length())
+    low_mask = jnp.uint32((1 << low_bits) - 1)
+    high = jax.random.bits(key, (size,), jnp.uint32) & ~low_mask
+    if valid is not None:
+        high = jnp.where(valid, high, ~low_mask)
+    return (jax.lax.sort(high | jnp.arange(size, dtype=jnp.uint32)) & low_mask).astype(jnp.int32)
+
+
+def distinct_sample(key: jax.Array, population: int, count: int) -> jax.Array:
+    """``count`` distinct values drawn uniformly from ``range(population)`` (Floyd's algorithm, O(count^2))."""
+    keys = jax.random.split(key, count)
+
+    def draw(j: int, chosen: jax.Array) -> jax.Array:
+        top = population - count + j  # candidates are 0..top
+        pick = jax.random.randint(keys[j], (), 0, top + 1)
+        taken = jnp.any(chosen == pick)
+        return chosen.at[j].set(jnp.where(taken, top, pick))
+
+    return jax.lax.fori_loop(0, count, draw, jnp.full(count, -1, jnp.int32))
+
+
 def fragment_messages(comm_key: jax.Array, node: jax.Array, iteration: jax.Array, n: int, m: int,
                       J: int) -> tuple[jax.Array, jax.Array]:
     """DivShare's ``J*m`` messages of one iteration, in send order: ``(receivers, fragments)``.
@@ -41,11 +69,10 @@ def fragment_messages(comm_key: jax.Array, node: jax.Array, iteration: jax.Array
     ``Random.sample``); the J*m (peer, fragment) pairs are then shuffled.
     """
     pick_key, order_key = jax.random.split(_node_key(comm_key, node, iteration))
-    scores = jax.random.uniform(pick_key, (m, n - 1))
-    _, chosen = jax.lax.top_k(-scores, J)  # the J lowest scores: a uniform J-subset, per fragment
+    chosen = jax.vmap(lambda k: distinct_sample(k, n - 1, J))(jax.random.split(pick_key, m))
     receivers = _others(chosen, node).reshape(-1).astype(jnp.int32)
     fragments = jnp.repeat(jnp.arange(m, dtype=jnp.int32), J)
-    order = jax.random.permutation(order_key, J * m)
+    order = shuffled(order_key, J * m)
     return receivers[order], fragments[order]
 
 
@@ -67,12 +94,7 @@ def batch_plan(data_key: jax.Array, node: jax.Array, iteration: jax.Array, size:
     """
     key = _node_key(data_key, node, iteration)
     valid = jnp.arange(max_size) < size
-
-    def shuffle(epoch: jax.Array) -> jax.Array:
-        scores = jax.random.uniform(jax.random.fold_in(key, epoch), (max_size,))
-        return jnp.argsort(jnp.where(valid, scores, 2.0))  # the shard's samples first, in random order
-
-    perms = jax.vmap(shuffle)(jnp.arange(epochs))
+    perms = jax.vmap(lambda e: shuffled(jax.random.fold_in(key, e), max_size, valid))(jnp.arange(epochs))
     steps_per_epoch = (size + batch_size - 1) // batch_size
     step = jnp.arange(local_steps)
     epoch = jnp.minimum(step // steps_per_epoch, epochs - 1)

@@ -150,10 +150,13 @@ def max_min_rates(active: jax.Array, receiver: jax.Array, links: Links) -> jax.A
         up_share = up_left / jnp.maximum(up_count, 1)
         down_share = down_left / jnp.maximum(down_count, 1)
         headroom = jnp.minimum(jnp.minimum(up_share[:, None], down_share[receiver]), cap - rate)
-        step = jnp.min(jnp.where(growing, headroom, jnp.inf))
+        # Rounding can leave a full link a hair below zero: never shrink a rate.
+        step = jnp.maximum(jnp.min(jnp.where(growing, headroom, jnp.inf)), 0.0)
         rate = rate + jnp.where(growing, step, 0.0)
-        up_left = up_left - step * up_count
-        down_left = down_left - step * down_count
+        up_left = jnp.maximum(up_left - step * up_count, 0.0)
+        down_left = jnp.maximum(down_left - step * down_count, 0.0)
+        # The flows that set the step are frozen (at least one, so the loop ends), and any within
+        # rounding of it.
         frozen = frozen | (growing & (headroom <= step * (1 + 1e-6)))
         return rate, frozen, up_left, down_left
 
@@ -177,12 +180,16 @@ def advance_shared(queue: MessageQueue, counters: Counters, links: Links, since:
         rate = max_min_rates(heads, queue.receiver, links)
         time_left = jnp.where(heads & (rate > 0), queue.bits_left / jnp.where(rate > 0, rate, 1.0), jnp.inf)
         step = jnp.min(time_left)
-        next_time = jnp.minimum(now + step, until)
+        first_completion = now + step
+        next_time = jnp.minimum(first_completion, until)
         if on_land is not None:
             upcoming = queue.live & (queue.land > now)
             next_time = jnp.minimum(next_time, jnp.min(jnp.where(upcoming, queue.land, jnp.inf)))
         elapsed = next_time - now
-        finished = heads & (time_left <= elapsed)
+        # Decide completions from time_left, not from the rounded clock: when step is below the clock's
+        # float resolution, now + step == now, and the flows that set it must still finish.
+        completion_event = first_completion <= next_time
+        finished = heads & jnp.where(completion_event, time_left <= step, time_left <= elapsed)
         bits_left = jnp.where(finished, 0.0, queue.bits_left - rate * elapsed)
         complete = jnp.where(finished, next_time, queue.complete)
         land = jnp.where(finished, next_time + links.path_latency(senders, queue.receiver), queue.land)

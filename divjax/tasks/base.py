@@ -24,11 +24,15 @@ class NodeShards:
       x: ``[n, max_size, ...]`` inputs (padding rows are zeros and never sampled).
       y: ``[n, max_size]`` labels.
       sizes: ``[n]`` number of real samples of each node.
+      size_floor: optional lower bound on every size that does not depend on the seed (static: it fixes
+        how many shuffles a minibatch plan holds, so runs with other seeds reuse the compiled code);
+        ``None`` uses the smallest size.
     """
 
     x: jax.Array
     y: jax.Array
     sizes: jax.Array
+    size_floor: int | None = struct.field(pytree_node=False, default=None)
 
 
 @struct.dataclass

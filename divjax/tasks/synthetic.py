@@ -4,9 +4,9 @@ Generator (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 
 ``u_k ~ N(0, alpha)`` and ``B_k ~ N(0, beta)``; its labelling model ``W_k ~ N(u_k, 1)`` (60 x 10) and
 ``b_k ~ N(u_k, 1)``; its inputs ``x ~ N(v_k, Sigma)`` with ``v_k ~ N(B_k, 1)`` and ``Sigma = diag(j^-1.2)``;
 labels ``y = argmax(W_k x + b_k)``. alpha sets how much the labelling functions differ across nodes, beta
-how much the inputs do. Sample counts follow a log-normal, as in FedProx (capped here so shards pad well).
-Every node keeps 80 % of its samples for training; the union of the other 20 % is the test set on which
-each node's model is evaluated.
+how much the inputs do. Training sample counts follow a log-normal, as in FedProx (capped here so shards
+pad well). The test set on which every node's model is evaluated holds 50 fresh samples from each node's
+distribution, so every node's distribution weighs the same, and its size does not depend on the seed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from divjax.tasks.base import NodeShards, Params, TaskData, masked_mean
 
 DIM = 60
 CLASSES = 10
-TRAIN_FRACTION = 0.8
+MIN_SAMPLES = 50
+TEST_PER_NODE = 50
 
 
 class _MLP(nn.Module):
@@ -67,13 +68,12 @@ class SyntheticTask:
 def generate(cfg: TaskConfig, nodes: int, seed: int) -> TaskData:
     """Draw the Synthetic(alpha, beta) data of ``nodes`` nodes (numpy, deterministic in ``seed``)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E7]))
-    counts = 50 + rng.lognormal(cfg.samples_mean_log, cfg.samples_sigma_log, nodes).astype(np.int64)
+    counts = MIN_SAMPLES + rng.lognormal(cfg.samples_mean_log, cfg.samples_sigma_log, nodes).astype(np.int64)
     counts = np.minimum(counts, cfg.samples_cap)
     model_mean = rng.normal(0.0, np.sqrt(cfg.alpha), nodes) if cfg.alpha else np.zeros(nodes)
     input_mean = rng.normal(0.0, np.sqrt(cfg.beta), nodes) if cfg.beta else np.zeros(nodes)
     scale = np.arange(1, DIM + 1, dtype=np.float64) ** -0.6  # sqrt of diag(j^-1.2)
-    train_sizes = np.maximum(1, (TRAIN_FRACTION * counts).astype(np.int64))
-    max_size = int(train_sizes.max())
+    max_size = cfg.samples_cap  # shapes independent of the seed: other seeds reuse the compiled code
     x_train = np.zeros((nodes, max_size, DIM), np.float32)
     y_train = np.zeros((nodes, max_size), np.int32)
     test_x, test_y = [], []
@@ -81,15 +81,14 @@ def generate(cfg: TaskConfig, nodes: int, seed: int) -> TaskData:
         w = rng.normal(model_mean[k], 1.0, (DIM, CLASSES))
         b = rng.normal(model_mean[k], 1.0, CLASSES)
         center = rng.normal(input_mean[k], 1.0, DIM)
-        x = center + scale * rng.standard_normal((counts[k], DIM))
+        x = center + scale * rng.standard_normal((counts[k] + TEST_PER_NODE, DIM))
         y = np.argmax(x @ w + b, axis=1)
-        n_train = train_sizes[k]
-        x_train[k, :n_train], y_train[k, :n_train] = x[:n_train], y[:n_train]
-        test_x.append(x[n_train:])
-        test_y.append(y[n_train:])
+        x_train[k, : counts[k]], y_train[k, : counts[k]] = x[: counts[k]], y[: counts[k]]
+        test_x.append(x[counts[k]:])
+        test_y.append(y[counts[k]:])
     return TaskData(
         train=NodeShards(x=jnp.asarray(x_train), y=jnp.asarray(y_train),
-                         sizes=jnp.asarray(train_sizes, dtype=jnp.int32)),
+                         sizes=jnp.asarray(counts, dtype=jnp.int32), size_floor=MIN_SAMPLES),
         test_x=jnp.asarray(np.concatenate(test_x), dtype=jnp.float32),
         test_y=jnp.asarray(np.concatenate(test_y), dtype=jnp.int32),
     )

@@ -1,0 +1,52 @@
+"""Evaluation of a running simulation, and the summary figures of a finished one.
+
+``evaluate`` is compiled once per spec and vmapped over nodes: every node's model on the task's test set
+(mean, min and max across nodes are what runs report), the average model, the consensus distance
+``(1/n) sum_i ||x_i - mean x||^2``, and the mean training loss since the last evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax.state import SimParams, SimSpec, SimState, flatten_models
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def evaluate(spec: SimSpec, p: SimParams, s: SimState) -> dict[str, jax.Array]:
+    """Test metrics of every node's model (``[n]`` arrays) and of the average model (scalars)."""
+    data = p.data
+    per_node = jax.vmap(spec.task.evaluate, (0, None, None))(s.params, data.test_x, data.test_y)
+    average = jax.tree.map(lambda x: jnp.mean(x, axis=0), s.params)
+    average_metrics = spec.task.evaluate(average, data.test_x, data.test_y)
+    flat = flatten_models(s.params)
+    consensus = jnp.mean(jnp.sum((flat - jnp.mean(flat, axis=0)) ** 2, axis=1))
+    train_loss = s.train_loss_sum / jnp.maximum(s.train_loss_steps, 1)
+    return {
+        **{f"node_{k}": v for k, v in per_node.items()},
+        **{f"average_model_{k}": v for k, v in average_metrics.items()},
+        "consensus_distance": consensus,
+        "train_loss": jnp.where(s.train_loss_steps > 0, train_loss, jnp.nan),
+    }
+
+
+def reset_train_loss(s: SimState) -> SimState:
+    """Start a new training-loss window (after an evaluation)."""
+    return s.replace(train_loss_sum=jnp.zeros_like(s.train_loss_sum),
+                     train_loss_steps=jnp.zeros_like(s.train_loss_steps))
+
+
+def time_to_target(times: np.ndarray, values: np.ndarray, target: float) -> float:
+    """First evaluation time at which ``values`` reaches ``target``; ``inf`` if it never does."""
+    reached = np.flatnonzero(np.asarray(values) >= target)
+    return float(times[reached[0]]) if reached.size else float("inf")
+
+
+def delivery_ratio(delivered: np.ndarray, sent: np.ndarray, nodes: np.ndarray) -> float:
+    """Share of the messages sent by ``nodes`` that landed (``nan`` if they sent none)."""
+    total = sent[nodes].sum()
+    return float(delivered[nodes].sum() / total) if total else float("nan")

@@ -1,0 +1,80 @@
+"""Bad input is refused with a clear error naming the field, before anything compiles."""
+
+import json
+
+import numpy as np
+import pytest
+
+from divjax import engine, network
+from divjax.config import Config, ConfigError, NetworkConfig
+from tests.helpers import tiny
+
+
+def NET(**changes) -> NetworkConfig:
+    return NetworkConfig(**{"stragglers": 1, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(degree=6), "degree"),  # J >= n
+        (dict(degree=9), "degree"),
+        (dict(omega=0.0), "omega"),
+        (dict(omega=1.5), "omega"),
+        (dict(omega=float("nan")), "omega"),
+        (dict(dt=0.0), "dt"),
+        (dict(dt=-0.1), "dt"),
+        (dict(dt=1.0), "dt"),  # longer than a step
+        (dict(algorithm="gossip"), "algorithm"),
+        (dict(nodes=1), "nodes"),
+        (dict(step_time=0.0), "step_time"),
+        (dict(lr=-1.0), "lr"),
+        (dict(local_steps=0), "local_steps"),
+        (dict(topology="star"), "topology"),
+        (dict(network=NET(fast_mbps=0.0)), "network.fast_mbps"),
+        (dict(network=NET(fast_mbps=-5.0)), "network.fast_mbps"),
+        (dict(network=NET(slowdown=0.0)), "network.slowdown"),
+        (dict(network=NET(transport="udp")), "network.transport"),
+        (dict(network=NET(preset="mesh")), "network.preset"),
+        (dict(network=NetworkConfig(stragglers=7)), "network.stragglers"),  # more than 6 nodes
+        (dict(network=NET(preset="diablo")), "nodes"),  # 6 is not a multiple of 10
+    ],
+)
+def test_bad_input_is_refused_before_compiling(changes, field):
+    traces_before = sum(engine.TRACES.values())
+    with pytest.raises(ConfigError) as err:
+        engine.build(tiny(**changes))
+    message = str(err.value)
+    assert message.startswith(f"{field}=") or f"{field}=" in message, message
+    assert "allowed" in message
+    assert sum(engine.TRACES.values()) == traces_before
+
+
+def test_error_names_value_and_allowed_range():
+    with pytest.raises(ConfigError, match=r"degree=6 is not allowed: J must be < nodes=6"):
+        tiny(degree=6).validate()
+    with pytest.raises(ConfigError, match=r"omega=1.5 .*\(0, 1\]"):
+        tiny(omega=1.5).validate()
+
+
+def test_custom_network_rejects_non_positive_bandwidth():
+    net = network.uniform(4)
+    with pytest.raises(ConfigError, match="up_bps"):
+        network.Network(up_bps=np.array([1e6, 0.0, 1e6, 1e6]), down_bps=net.down_bps, latency_s=net.latency_s,
+                        group=net.group, group_cap_bps=net.group_cap_bps, group_latency_s=net.group_latency_s)
+
+
+def test_json_round_trip_and_unknown_fields():
+    cfg = tiny(algorithm="swift", seed=3)
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ConfigError, match="unknown config field"):
+        Config.from_dict({"nodez": 3})
+    with pytest.raises(ConfigError, match="network.bandwidth"):
+        Config.from_dict({"network": {"bandwidth": 3}})
+
+
+def test_fragment_count_truncates_like_the_reference():
+    assert tiny(omega=0.3).fragments == 3  # int(1/0.3) = 3
+    assert tiny(omega=0.1).fragments == 10
+    assert tiny(omega=1.0).fragments == 1
+    assert tiny(algorithm="swift", omega=0.1).fragments == 1
