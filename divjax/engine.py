@@ -5,8 +5,8 @@ One tick k covers simulated time ``((k-1) dt, k dt]`` and does, in this order:
 1. **compute**: every node whose local step completes at ``k`` takes one masked, vmapped SGD step;
 2. **network**: messages move through ``(k-1, k]`` (closed form for ``fifo``; an exact event loop for
    ``shared``); landings are counted, and algorithms that answer landings (AD-PSGD) do so;
-3. **release**: waiting nodes (D-PSGD) whose neighbours' models are all in mix and go on;
-4. **boundaries**: nodes that just finished their K-th step snapshot, mix, flush and queue messages.
+3. **boundaries**: nodes that just finished their K-th step snapshot, mix, flush and queue messages;
+4. **release**: waiting nodes (D-PSGD) whose neighbours' models are all in mix and go on.
 
 Steps 1, 3 and 4 sit behind ``lax.cond`` so ticks where nobody steps or reaches a boundary cost almost
 nothing. Ticks run in a ``fori_loop`` inside one compiled function; the host calls it once per evaluation
@@ -263,14 +263,14 @@ def _tick(spec: SimSpec, p: SimParams, s: SimState) -> SimState:
     s = _when(jnp.any(stepping), lambda s: _local_step(spec, p, s, stepping), s)
     at_boundary = stepping & (s.step_in_iter == spec.local_steps)
     s = _network(spec, p, s, now - 1.0, now)
-    if algo.release is not None:
-        s = _when(jnp.any(s.waiting), lambda s: algo.release(spec, p, s, now), s)
     # Two conds, not one: XLA copies the whole snapshot ring on every tick when one conditional both
     # writes the ring and reads it. Snapshotting before mixing changes nothing unless the ring overflows
     # (a message S iterations old, mixed at this very tick, is then evicted rather than applied).
     any_boundary = jnp.any(at_boundary)
     s = _when(any_boundary, lambda s: _snapshot(spec, p, s, at_boundary, now), s)
     s = _when(any_boundary, lambda s: _mix_and_send(spec, p, s, at_boundary, now), s)
+    if algo.release is not None:  # after the boundaries: a node may go on at the boundary where it waits
+        s = _when(jnp.any(s.waiting), lambda s: algo.release(spec, p, s, now), s)
     return s.replace(tick=tick)
 
 

@@ -142,7 +142,7 @@ class FifoTransport:
             return
         msg = self.waiting[sender].popleft()
         self.sending[sender] = msg
-        duration = msg.bits / self.ref.path_rate[sender, msg.receiver]
+        duration = msg.bits / float(self.ref.path_rate[sender, msg.receiver])
         self.ref.schedule(self.ref.now + duration, COMPLETE, self._on_complete, msg)
 
     def _on_complete(self, msg: MessageRecord) -> None:
@@ -223,7 +223,7 @@ def max_min_rates(flows: list[tuple[int, int]], network: Any) -> dict[tuple[int,
     headroom is the least of its links' fair shares of what is left and of its distance to its cap; the
     flows whose headroom is the smallest freeze at each round (at least one, so the loop ends).
     """
-    cap = {f: network.group_cap_bps[network.group[f[0]], network.group[f[1]]] for f in flows}
+    cap = {f: float(network.group_cap_bps[network.group[f[0]], network.group[f[1]]]) for f in flows}
     rate = dict.fromkeys(flows, 0.0)
     up_left = {s: float(network.up_bps[s]) for s, _ in flows}
     down_left = {r: float(network.down_bps[r]) for _, r in flows}
@@ -278,6 +278,9 @@ class Reference:
         if self.algorithm == "dpsgd":
             self.neighbours = topology.build(cfg.topology, cfg.nodes, cfg.degree, cfg.seed)
             self.mixing_matrix = topology.metropolis(self.neighbours)
+        # What the algorithm does at a boundary, after the snapshot.
+        self._act = {"divshare": self._divshare, "swift": self._swift, "adpsgd": self._adpsgd,
+                     "dpsgd": self._dpsgd_send}[self.algorithm]
         self.transport = {"fifo": FifoTransport, "shared": SharedTransport}[self.network.transport](self)
         for node in self.nodes:
             node.batches = self._batches(node)
@@ -327,8 +330,7 @@ class Reference:
         """Snapshot, let the algorithm act, start the next iteration (D-PSGD: wait for the neighbours)."""
         node.boundary_times.append(self.now)
         node.snapshot, node.snapshot_iter = node.model.copy(), node.iteration
-        {"divshare": self._divshare, "swift": self._swift, "adpsgd": self._adpsgd,
-         "dpsgd": self._dpsgd_send}[self.algorithm](node)
+        self._act(node)
         node.iteration += 1
         node.steps_done = 0
         node.batches = self._batches(node)
@@ -354,7 +356,7 @@ class Reference:
     def complete(self, msg: MessageRecord) -> None:
         """The message's last bit has left the sender: it lands one path latency later."""
         msg.completed_at = self.now
-        self.schedule(self.now + self.path_latency[msg.sender, msg.receiver], LAND, self._on_land, msg,
+        self.schedule(self.now + float(self.path_latency[msg.sender, msg.receiver]), LAND, self._on_land, msg,
                       tiebreak=(msg.sender, msg.seq))
 
     def _on_land(self, msg: MessageRecord) -> None:

@@ -110,7 +110,10 @@ def send(queue: MessageQueue, counters: Counters, out: Outbox, links: Links, fra
 def flush(queue: MessageQueue, counters: Counters, who: jax.Array, now: jax.Array
           ) -> tuple[MessageQueue, Counters]:
     """Drop every message of the senders in ``who`` whose last bit has not left by ``now``."""
-    queue, counters = end(queue, counters, queue.in_transfer_at(now) & who[:, None], FATE_FLUSHED, now)
+    dropped = queue.in_transfer_at(now) & who[:, None]
+    never = jnp.full_like(queue.land, jnp.inf)  # fifo had scheduled them: they now never complete or land
+    queue = queue.replace(complete=jnp.where(dropped, never, queue.complete), land=jnp.where(dropped, never, queue.land))
+    queue, counters = end(queue, counters, dropped, FATE_FLUSHED, now)
     return queue.replace(uplink_free=jnp.where(who, jnp.minimum(queue.uplink_free, now), queue.uplink_free)), counters
 
 

@@ -250,11 +250,9 @@ def test_engine_converges_to_reference_as_dt_shrinks():
     assert errors[-1] <= min(0.25 * errors[0], 0.02), errors
 
 
-# ------------------------------------------------------------------------------------------ engine bugs
+# ------------------------------------------------------------------------------------------ regressions
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a D-PSGD node whose neighbours' models all landed before "
-                   "its boundary is released one tick late (release runs before boundaries in a tick)")
 def test_dpsgd_node_released_at_its_own_boundary():
     """Node 0 computes at half speed, so its neighbours' models are in when it reaches its boundary at
     1.5 s: it must go on at once (its next boundary at 3.0 s), on the grid, with no rounding."""
