@@ -57,14 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = Config()
     run = sub.add_parser("run", help="simulate one or more algorithms and write a run directory",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS),
-                     help=f"comma-separated list from {', '.join(ALGORITHMS)}")
-    run.add_argument("--config", type=Path, help="JSON config to start from (fields of divjax.Config)")
+                         description="Simulate one or more algorithms on one configuration; print a table and "
+                                     "write config.json, metrics.csv, summary.json and accuracy.png.")
+    run.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS), metavar="LIST",
+                     help=f"comma-separated, from {', '.join(ALGORITHMS)} (default: {','.join(DEFAULT_ALGORITHMS)})")
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help="JSON config to start from: fields of divjax.Config, or a run directory's config.json")
     for flag, name, kind, text in _FIELDS:
-        run.add_argument(flag, dest=name, type=kind, default=None,
-                         help=f"{text} (default: {_field(defaults, name)})")
-    run.add_argument("--out", type=Path, help="run directory (default: runs/<date>-<time>)")
+        default = _field(defaults, name)
+        suffix = "" if default is None else f" (default: {default})"  # None: the text says what happens
+        run.add_argument(flag, dest=name, type=kind, default=None, metavar=kind.__name__.upper(),
+                         help=text + suffix)
+    run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<date>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

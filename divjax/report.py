@@ -27,13 +27,14 @@ def summary_table(results: Sequence[RunResult]) -> str:
         return "(no runs)"
     target = results[0].config.target_accuracy
     header = ("algorithm", "final acc", f"time to {target:.0%}", "deliv. stragglers", "deliv. fast",
-              "wall", "node-steps/s")
+              "lost (capacity)", "wall", "node-steps/s")
     rows = []
     for r in results:
         s = r.summary()
         rows.append((s["algorithm"], f"{s['final_mean_accuracy']:.3f}", _seconds(s["time_to_target_s"]),
                      f"{s['delivery_ratio_stragglers']:.1%}" if not math.isnan(s["delivery_ratio_stragglers"]) else "-",
-                     f"{s['delivery_ratio_fast']:.1%}", f"{s['wall_seconds']:.1f} s",
+                     f"{s['delivery_ratio_fast']:.1%}", f"{s['messages_lost_to_capacity']:,}",
+                     f"{s['wall_seconds']:.1f} s",
                      f"{s['node_steps_per_second']:,.0f}"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -76,7 +77,9 @@ def plot(results: Sequence[RunResult], path: Path) -> None:
         h = r.history
         line, = acc_ax.plot(h["time"], h["mean_accuracy"], label=r.config.algorithm)
         acc_ax.fill_between(h["time"], h["min_accuracy"], h["max_accuracy"], color=line.get_color(), alpha=0.15)
-        cons_ax.plot(h["time"], h["consensus_distance"], color=line.get_color(), label=r.config.algorithm)
+        later = h["time"] > 0  # at t = 0 every node holds the same model: distance 0
+        cons_ax.plot(h["time"][later], h["consensus_distance"][later], color=line.get_color(),
+                     label=r.config.algorithm)
     cfg = results[0].config
     acc_ax.axhline(cfg.target_accuracy, color="grey", ls=":", lw=1, label=f"target {cfg.target_accuracy:.0%}")
     acc_ax.set(xlabel="simulated time (s)", ylabel="test accuracy (mean; band: min-max over nodes)",

@@ -12,6 +12,7 @@ with the same shapes, whatever the numbers (seed, learning rate, bandwidths).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -66,6 +67,11 @@ class RunResult:
                                       self.config.target_accuracy)
 
     @property
+    def lost_to_capacity(self) -> int:
+        """Messages dropped because a queue or snapshot ring was full (0 in a faithful run)."""
+        return int(self.counters["overflow_queue"].sum() + self.counters["overflow_snapshot"].sum())
+
+    @property
     def node_steps_per_second(self) -> float:
         """Local SGD steps (summed over nodes) per second of wall time, compilation excluded."""
         return self.node_steps / max(self.wall_seconds - self.compile_seconds, 1e-9)
@@ -87,6 +93,7 @@ class RunResult:
             "delivery_ratio_stragglers": self.delivery_ratio(True),
             "delivery_ratio_fast": self.delivery_ratio(False),
             "mean_iterations": float(self.iterations.mean()),
+            "messages_lost_to_capacity": self.lost_to_capacity,
             "wall_seconds": self.wall_seconds,
             "compile_seconds": self.compile_seconds,
             "node_steps_per_second": self.node_steps_per_second,
@@ -157,17 +164,31 @@ def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None
         done += ticks
         state = record(state)
         bar.update(round(ticks * sim.dt, 6))
-        bar.set_postfix(acc=f"{entries[-1]['mean_accuracy']:.3f}")
+        bar.set_postfix(acc=f"{entries[-1]['mean_accuracy']:.3f}", refresh=False)
     bar.close()
     wall = time.perf_counter() - start
     history = {k: np.array([e[k] for e in entries]) for k in entries[0]}
     iterations = np.asarray(state.iteration)
     node_steps = int(iterations.sum()) * cfg.local_steps + int(np.asarray(state.step_in_iter).sum())
     stragglers = np.arange(cfg.network.stragglers if cfg.network.preset == "stragglers" else 0)
-    return RunResult(config=cfg, history=history, node_accuracy=np.stack(node_accuracy),
-                     counters=_counters_to_numpy(state.counters, state), iterations=iterations,
-                     stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall,
-                     node_steps=node_steps, state=state)
+    result = RunResult(config=cfg, history=history, node_accuracy=np.stack(node_accuracy),
+                       counters=_counters_to_numpy(state.counters, state), iterations=iterations,
+                       stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall,
+                       node_steps=node_steps, state=state)
+    _warn_if_capacity_overflowed(result, sim)
+    return result
+
+
+def _warn_if_capacity_overflowed(result: RunResult, sim: Simulation) -> None:
+    if not result.lost_to_capacity:
+        return
+    c = result.counters
+    warnings.warn(
+        f"{result.config.algorithm}: {result.lost_to_capacity} of {int(c['sent'].sum())} messages were lost to "
+        f"capacity ({int(c['overflow_queue'].sum())} found the sender's queue full, "
+        f"{int(c['overflow_snapshot'].sum())} lost their snapshot slot), so this run differs from the "
+        f"unbounded reference. Slow senders build backlogs without a flush: raise queue_capacity "
+        f"(now {sim.spec.queue_capacity}) and snapshot_slots (now {sim.spec.snapshot_slots}).", stacklevel=3)
 
 
 def run(config: Config, *, network: Network | None = None, progress: bool = True) -> RunResult:

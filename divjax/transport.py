@@ -121,7 +121,9 @@ def answer(queue: MessageQueue, counters: Counters, on_land: LandingHook, since:
            links: Links, fragment_bits: jax.Array, transport: str) -> tuple[MessageQueue, Counters]:
     """Queue the replies ``on_land`` makes to what lands in ``(since, until]``."""
     replies, excess = on_land(queue, since, until)
-    queue, counters = send(queue, counters, replies, links, fragment_bits, transport)
+    queue, counters = jax.lax.cond(
+        jnp.any(replies.valid), lambda: send(queue, counters, replies, links, fragment_bits, transport),
+        lambda: (queue, counters))
     return queue, counters.add(sent=excess, overflow_queue=excess)
 
 
