@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from divjax import report, runner
-from divjax.config import ALGORITHMS, NETWORK_PRESETS, TOPOLOGIES, TRANSPORTS, Config, ConfigError
+from divjax.config import (ALGORITHMS, CONV_IMPLEMENTATIONS, MOVIELENS_VARIANTS, NETWORK_PRESETS, PARTITIONS,
+                           TASKS, TOPOLOGIES, TRANSPORTS, Config, ConfigError)
 
 DEFAULT_ALGORITHMS = ("divshare", "adpsgd", "swift")
 
-# (flag, config field, type, help). Network fields are prefixed "network.".
+# (flag, config field, type, help). Fields of the network and the task are prefixed "network." / "task.".
 _FIELDS: list[tuple[str, str, type, str]] = [
+    ("--task", "task.name", str, f"learning task: {', '.join(TASKS)}; cifar10 and movielens start from the "
+                                 "reference's hyper-parameters (Config.for_task)"),
+    ("--data-dir", "task.data_dir", str, "directory holding the task's data (cifar10, movielens)"),
+    ("--partition", "task.partition", str, f"CIFAR-10 partition: {', '.join(PARTITIONS)}"),
+    ("--shards", "task.shards", int, "KShard's shards per node"),
+    ("--dirichlet-alpha", "task.dirichlet_alpha", float, "concentration of the Dirichlet partition"),
+    ("--variant", "task.variant", str, f"MovieLens data set: {', '.join(MOVIELENS_VARIANTS)}"),
+    ("--conv", "task.conv", str, f"GN-LeNet convolutions: {', '.join(CONV_IMPLEMENTATIONS)}"),
+    ("--eval-nodes", "task.eval_nodes", int, "evaluate this many nodes (evenly spread); default all"),
+    ("--test-samples", "task.test_samples", int, "score on the first this-many CIFAR-10 test images; default all"),
     ("--nodes", "nodes", int, "number of nodes n"),
     ("--degree", "degree", int, "J: recipients per fragment (divshare, swift); J//2 pings (adpsgd); "
                                 "degree of the 'regular' topology (dpsgd)"),
@@ -55,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="divjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    defaults = Config()
+    defaults = Config()  # the synthetic run's; --task starts from that task's preset
     run = sub.add_parser("run", help="simulate one or more algorithms and write a run directory",
                          description="Simulate one or more algorithms on one configuration; print a table and "
                                      "write config.json, metrics.csv, summary.json and accuracy.png.")
@@ -80,9 +91,9 @@ def _field(config: Config, name: str) -> Any:
     return obj
 
 
-def _load_config(path: Path | None) -> Config:
+def _load_config(path: Path | None, task: str | None, data_dir: str | None) -> Config:
     if path is None:
-        return Config()
+        return Config.for_task(task or "synthetic", data_dir)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -98,16 +109,16 @@ def _load_config(path: Path | None) -> Config:
 
 def configs_from_args(args: argparse.Namespace) -> list[Config]:
     """The validated configs a ``run`` command line asks for, one per algorithm."""
-    base = _load_config(args.config)
-    top, network = {}, {}
+    base = _load_config(args.config, getattr(args, "task.name"), getattr(args, "task.data_dir"))
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {"network": {}, "task": {}}
     for _, name, _, _ in _FIELDS:
         value = getattr(args, name)
         if value is not None:
-            if name.startswith("network."):
-                network[name.split(".", 1)[1]] = value
-            else:
-                top[name] = value
-    base = dataclasses.replace(base, network=dataclasses.replace(base.network, **network), **top)
+            part, _, field = name.rpartition(".")
+            (nested[part] if part else top)[field] = value
+    base = dataclasses.replace(base, network=dataclasses.replace(base.network, **nested["network"]),
+                               task=dataclasses.replace(base.task, **nested["task"]), **top)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not algorithms:
         raise ConfigError("--algorithms is empty: name at least one of " + ", ".join(ALGORITHMS))

@@ -52,6 +52,7 @@ class Simulation:
     network: Network
     layout: FragmentLayout
     data: TaskData
+    eval_nodes: jax.Array
 
     @property
     def dt(self) -> float:
@@ -133,7 +134,15 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
         comm_key=stream(config.seed, STREAM_COMM),
         algo=algo_arrays,
     )
-    return Simulation(config=config, spec=spec, params=params, network=net, layout=layout, data=data)
+    return Simulation(config=config, spec=spec, params=params, network=net, layout=layout, data=data,
+                      eval_nodes=jnp.asarray(_eval_nodes(n, config.task.eval_nodes)))
+
+
+def _eval_nodes(n: int, count: int | None) -> np.ndarray:
+    """``count`` nodes spread evenly over ``0 .. n-1`` (node 0 first), or all of them."""
+    if count is None or count >= n:
+        return np.arange(n, dtype=np.int32)
+    return np.unique(np.round(np.linspace(0, n - 1, count)).astype(np.int32))
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -181,8 +190,12 @@ def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -
     x = jax.vmap(lambda xs, i: xs[i])(p.data.train.x, idx)
     y = jax.vmap(lambda ys, i: ys[i])(p.data.train.y, idx)
     optimizer = optax.sgd(p.lr)
+    task_step = getattr(spec.task, "sgd_step", None)  # a task's own plain-SGD step (row-sparse MF)
 
     def sgd_step(params, opt_state, x, y, mask):
+        if task_step is not None:
+            params, loss = task_step(params, x, y, mask, p.lr)
+            return params, opt_state, loss
         loss, grads = jax.value_and_grad(spec.task.loss)(params, x, y, mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss

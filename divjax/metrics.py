@@ -17,14 +17,31 @@ from divjax.state import SimParams, SimSpec, SimState, flatten_models
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def evaluate(spec: SimSpec, p: SimParams, s: SimState) -> dict[str, jax.Array]:
-    """Test metrics of every node's model (``[n]`` arrays) and of the average model (scalars)."""
-    data = p.data
-    per_node = jax.vmap(spec.task.evaluate, (0, None, None))(s.params, data.test_x, data.test_y)
+def evaluate(spec: SimSpec, p: SimParams, s: SimState, nodes: jax.Array) -> dict[str, jax.Array]:
+    """Test metrics of the models of ``nodes`` (``node_*`` arrays, one entry per listed node), of the
+    average model over all nodes (``average_model_*``), the consensus distance and the training loss.
+
+    Nodes are evaluated ``task.eval_node_batch`` at a time (``lax.map``), which bounds the memory of big
+    models on big test sets. A node's model is scored on its own test set, or on the shared one.
+    """
+    task, test = spec.task, p.data.test
+    masks = test.mask()
+    shared = p.data.shared_test
+
+    def score(node: jax.Array) -> dict[str, jax.Array]:
+        params = jax.tree.map(lambda x: x[node], s.params)
+        t = 0 if shared else node
+        return task.evaluate(params, test.x[t], test.y[t], masks[t])
+
+    per_node = jax.lax.map(score, nodes, batch_size=min(task.eval_node_batch, nodes.shape[0]))
     average = jax.tree.map(lambda x: jnp.mean(x, axis=0), s.params)
-    average_metrics = spec.task.evaluate(average, data.test_x, data.test_y)
-    flat = flatten_models(s.params)
-    consensus = jnp.mean(jnp.sum((flat - jnp.mean(flat, axis=0)) ** 2, axis=1))
+    if shared:
+        average_metrics = task.evaluate(average, test.x[0], test.y[0], masks[0])
+    else:  # the union of every node's test set
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+        average_metrics = task.evaluate(average, flat(test.x), flat(test.y), flat(masks))
+    flat_models = flatten_models(s.params)
+    consensus = jnp.mean(jnp.sum((flat_models - jnp.mean(flat_models, axis=0)) ** 2, axis=1))
     train_loss = s.train_loss_sum / jnp.maximum(s.train_loss_steps, 1)
     return {
         **{f"node_{k}": v for k, v in per_node.items()},

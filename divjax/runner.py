@@ -40,7 +40,8 @@ class RunResult:
       history: one array per metric, one entry per evaluation (``time`` in simulated seconds, then
         ``mean_accuracy``, ``min_accuracy``, ``max_accuracy``, ``mean_test_loss``, ``average_model_accuracy``,
         ``average_model_test_loss``, ``consensus_distance``, ``train_loss``).
-      node_accuracy: ``[evaluations, n]`` every node's test accuracy.
+      node_accuracy: ``[evaluations, len(eval_nodes)]`` test accuracy of every evaluated node.
+      eval_nodes: the nodes evaluated (all unless ``task.eval_nodes`` says fewer).
       counters: per-node message accounting at the end (``sent``, ``applied``, ...) and ``in_flight``.
       iterations: ``[n]`` iterations each node completed.
       stragglers: ids of the communication stragglers.
@@ -52,6 +53,7 @@ class RunResult:
     config: Config
     history: dict[str, np.ndarray]
     node_accuracy: np.ndarray
+    eval_nodes: np.ndarray
     counters: dict[str, np.ndarray]
     iterations: np.ndarray
     stragglers: np.ndarray
@@ -149,7 +151,7 @@ def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None
     entries = []
 
     def record(state: SimState) -> SimState:
-        ev = metrics.evaluate(sim.spec, sim.params, state)
+        ev = metrics.evaluate(sim.spec, sim.params, state, sim.eval_nodes)
         node_accuracy.append(np.asarray(ev["node_accuracy"]))
         entries.append(_history_entry(int(state.tick) * sim.dt, ev))
         return metrics.reset_train_loss(state)
@@ -172,6 +174,7 @@ def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None
     node_steps = int(iterations.sum()) * cfg.local_steps + int(np.asarray(state.step_in_iter).sum())
     stragglers = np.arange(cfg.network.stragglers if cfg.network.preset == "stragglers" else 0)
     result = RunResult(config=cfg, history=history, node_accuracy=np.stack(node_accuracy),
+                       eval_nodes=np.asarray(sim.eval_nodes),
                        counters=_counters_to_numpy(state.counters, state), iterations=iterations,
                        stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall,
                        node_steps=node_steps, state=state)

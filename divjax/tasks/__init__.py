@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import jax
+
 from divjax.config import TaskConfig
 from divjax.tasks.base import NodeShards, Task, TaskData
+from divjax.tasks.cifar10 import Cifar10Task
+from divjax.tasks.movielens import MovieLensTask
 from divjax.tasks.synthetic import SyntheticTask
 
-__all__ = ["NodeShards", "SyntheticTask", "Task", "TaskData", "build"]
+__all__ = ["Cifar10Task", "MovieLensTask", "NodeShards", "SyntheticTask", "Task", "TaskData", "build"]
+
+
+def conv_for_backend(choice: str) -> str:
+    """``auto`` resolves to native convolutions on accelerators and im2col matmuls on CPU."""
+    if choice != "auto":
+        return choice
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
 
 
 def build(cfg: TaskConfig, nodes: int, seed: int) -> tuple[Task, TaskData]:
     """The task a :class:`~divjax.config.TaskConfig` names, with its data for ``nodes`` nodes."""
-    from divjax.tasks import synthetic
+    from divjax.tasks import cifar10, movielens, synthetic
 
-    if cfg.name == "synthetic":
-        return SyntheticTask(hidden=cfg.hidden), synthetic.generate(cfg, nodes, seed)
-    raise ValueError(f"unknown task {cfg.name!r}")  # unreachable after Config.validate
+    if cfg.name == "cifar10":
+        return cifar10.build(cfg, nodes, conv_for_backend(cfg.conv))
+    if cfg.name == "movielens":
+        return movielens.build(cfg, nodes)
+    return SyntheticTask(hidden=cfg.hidden), synthetic.generate(cfg, nodes, seed)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Params = Any
@@ -18,12 +19,12 @@ Params = Any
 
 @struct.dataclass
 class NodeShards:
-    """Every node's training shard, padded to the largest one.
+    """Samples of several nodes, padded to the largest (rows past a node's size are never used).
 
     Attributes:
-      x: ``[n, max_size, ...]`` inputs (padding rows are zeros and never sampled).
-      y: ``[n, max_size]`` labels.
-      sizes: ``[n]`` number of real samples of each node.
+      x: ``[k, max_size, ...]`` inputs.
+      y: ``[k, max_size]`` targets.
+      sizes: ``[k]`` number of real samples of each node.
       size_floor: optional lower bound on every size that does not depend on the seed (static: it fixes
         how many shuffles a minibatch plan holds, so runs with other seeds reuse the compiled code);
         ``None`` uses the smallest size.
@@ -34,20 +35,41 @@ class NodeShards:
     sizes: jax.Array
     size_floor: int | None = struct.field(pytree_node=False, default=None)
 
+    def mask(self) -> jax.Array:
+        """``[k, max_size]``: which rows are real samples."""
+        return jnp.arange(self.y.shape[1]) < self.sizes[:, None]
+
 
 @struct.dataclass
 class TaskData:
-    """A task's data: the node shards and a test set every node's model is evaluated on."""
+    """A task's data: every node's training shard, and the test set(s) models are evaluated on.
+
+    ``test`` holds one set per node (``[n, ...]``: a node's model is evaluated on its own test set, as
+    MovieLens's users' held-out ratings) or a single set shared by every node (``[1, ...]``: CIFAR-10's
+    10,000 test images).
+    """
 
     train: NodeShards
-    test_x: jax.Array
-    test_y: jax.Array
+    test: NodeShards
+
+    @property
+    def shared_test(self) -> bool:
+        return self.test.y.shape[0] == 1
 
 
 class Task(Protocol):
-    """The model side of a task. Implementations are frozen dataclasses (hashable, compared by value)."""
+    """The model side of a task. Implementations are frozen dataclasses (hashable, compared by value).
+
+    Attributes:
+      name: short name.
+      eval_node_batch: how many nodes' models are evaluated at once (bounds evaluation memory).
+
+    A task may also define ``sgd_step(params, x, y, mask, lr) -> (params, loss)``, a plain-SGD step that
+    the engine then uses instead of autodiff + optax (MovieLens's row-sparse embedding update).
+    """
 
     name: str
+    eval_node_batch: int
 
     def init_params(self, key: jax.Array) -> Params:
         """The parameters of one node's model."""
@@ -55,11 +77,24 @@ class Task(Protocol):
     def loss(self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
         """Mean training loss over the samples of a minibatch where ``mask`` is true."""
 
-    def evaluate(self, params: Params, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-        """Test metrics of one model on a batch of samples; must include ``accuracy`` and ``loss``."""
+    def evaluate(self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+        """Test metrics of one model on one test set (rows where ``mask`` holds); must include
+        ``accuracy`` and ``loss``."""
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of ``values`` where ``mask`` holds (0 where it never does)."""
     mask = mask.astype(values.dtype)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def stack_shards(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray]) -> NodeShards:
+    """Every node's samples ``x[part], y[part]``, stacked and padded with zeros to the largest part."""
+    width = max(1, max(len(part) for part in parts))
+    xs = np.zeros((len(parts), width) + x.shape[1:], x.dtype)
+    ys = np.zeros((len(parts), width), y.dtype)
+    for k, part in enumerate(parts):
+        xs[k, : len(part)], ys[k, : len(part)] = x[part], y[part]
+    sizes = np.array([len(part) for part in parts], np.int32)
+    return NodeShards(x=jnp.asarray(xs), y=jnp.asarray(ys), sizes=jnp.asarray(sizes),
+                      size_floor=int(sizes.min()))

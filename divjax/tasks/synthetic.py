@@ -44,6 +44,7 @@ class SyntheticTask:
 
     hidden: int = 32
     name: str = "synthetic"
+    eval_node_batch: int = 1024  # small model and test set: every node at once
 
     @property
     def _module(self) -> _MLP:
@@ -59,10 +60,10 @@ class SyntheticTask:
         ce = optax.softmax_cross_entropy_with_integer_labels(self.logits(params, x), y)
         return masked_mean(ce, mask)
 
-    def evaluate(self, params: Params, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+    def evaluate(self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
         logits = self.logits(params, x)
-        return {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-                "loss": jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))}
+        return {"accuracy": masked_mean((jnp.argmax(logits, -1) == y).astype(jnp.float32), mask),
+                "loss": masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, y), mask)}
 
 
 def generate(cfg: TaskConfig, nodes: int, seed: int) -> TaskData:
@@ -89,6 +90,7 @@ def generate(cfg: TaskConfig, nodes: int, seed: int) -> TaskData:
     return TaskData(
         train=NodeShards(x=jnp.asarray(x_train), y=jnp.asarray(y_train),
                          sizes=jnp.asarray(counts, dtype=jnp.int32), size_floor=MIN_SAMPLES),
-        test_x=jnp.asarray(np.concatenate(test_x), dtype=jnp.float32),
-        test_y=jnp.asarray(np.concatenate(test_y), dtype=jnp.int32),
+        test=NodeShards(x=jnp.asarray(np.concatenate(test_x)[None], dtype=jnp.float32),
+                        y=jnp.asarray(np.concatenate(test_y)[None], dtype=jnp.int32),
+                        sizes=jnp.asarray([nodes * TEST_PER_NODE], jnp.int32)),
     )
