@@ -47,6 +47,8 @@ _FIELDS: list[tuple[str, str, type, str]] = [
     ("--dt", "dt", float, "tick in simulated seconds (default: the step time)"),
     ("--duration", "duration", float, "simulated seconds to run"),
     ("--eval-every", "eval_every", float, "simulated seconds between evaluations"),
+    ("--eval-every-iterations", "eval_every_iterations", int,
+     "evaluate every this many iterations of a regular node instead (the reference: 10)"),
     ("--target", "target_accuracy", float, "accuracy whose first crossing is the time-to-accuracy"),
     ("--seed", "seed", int, "seed of data, initial model, minibatches and recipients"),
     ("--topology", "topology", str, f"D-PSGD's graph: {', '.join(TOPOLOGIES)}"),
@@ -117,6 +119,8 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
         if value is not None:
             part, _, field = name.rpartition(".")
             (nested[part] if part else top)[field] = value
+    if "eval_every" in top:  # an explicit period in seconds replaces a preset's period in iterations
+        top.setdefault("eval_every_iterations", None)
     base = dataclasses.replace(base, network=dataclasses.replace(base.network, **nested["network"]),
                                task=dataclasses.replace(base.task, **nested["task"]), **top)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]

@@ -193,6 +193,8 @@ class Config:
       eval_every: simulated seconds between evaluations (rounded to whole ticks). Nodes of equal speed reach
         their boundaries together, so a period that is a multiple of the iteration (here 10 iterations, as
         the reference's ``test_after = 10``) evaluates every time right after mixing.
+      eval_every_iterations: if set, evaluate every this many iterations of a regular node instead
+        (``eval_every_iterations * local_steps * step_time`` seconds; the reference tests every 10).
       target_accuracy: the mean test accuracy across nodes whose first crossing is the time-to-accuracy.
       seed: seeds the task data, the initial model (shared by all nodes), minibatches and recipients.
       topology: D-PSGD's gossip graph.
@@ -214,6 +216,7 @@ class Config:
     dt: float | None = None
     duration: float = 800.0
     eval_every: float = 16.0
+    eval_every_iterations: int | None = None
     target_accuracy: float = 0.8
     seed: int = 0
     topology: str = "ring"
@@ -227,6 +230,13 @@ class Config:
     def tick(self) -> float:
         """The tick length in simulated seconds."""
         return self.step_time if self.dt is None else self.dt
+
+    @property
+    def evaluation_period(self) -> float:
+        """Simulated seconds between evaluations."""
+        if self.eval_every_iterations is not None:
+            return self.eval_every_iterations * self.local_steps * self.step_time
+        return self.eval_every
 
     @property
     def fragments(self) -> int:
@@ -284,7 +294,9 @@ class Config:
                      f"the tick must not exceed step_time={self.step_time} (a node takes at most one step a tick)")
         _finite_positive("duration", self.duration)
         _finite_positive("eval_every", self.eval_every)
-        _require(self.eval_every >= self.tick * (1 - 1e-9), "eval_every", self.eval_every,
+        if self.eval_every_iterations is not None:
+            _integer("eval_every_iterations", self.eval_every_iterations, 1)
+        _require(self.evaluation_period >= self.tick * (1 - 1e-9), "eval_every", self.eval_every,
                  f"expected at least one tick ({self.tick} s)")
         _require(isinstance(self.target_accuracy, (int, float)) and 0 <= self.target_accuracy <= 1,
                  "target_accuracy", self.target_accuracy, "expected a fraction in [0, 1]")
@@ -352,7 +364,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 TASK_PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": {},
     "cifar10": dict(local_steps=128, batch_size=8, lr=0.05, step_time=2.5 / 128, duration=800.0,
-                    eval_every=25.0, target_accuracy=0.6, network=NetworkConfig()),
+                    eval_every_iterations=10, target_accuracy=0.6, network=NetworkConfig()),
     "movielens": dict(local_steps=128, batch_size=16, lr=0.1, step_time=0.005, duration=800.0,
-                      eval_every=6.4, target_accuracy=0.3, network=NetworkConfig()),
+                      eval_every_iterations=10, target_accuracy=0.3, network=NetworkConfig()),
 }

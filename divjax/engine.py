@@ -30,6 +30,7 @@ from divjax import algorithms, tasks
 from divjax import network as network_lib
 from divjax.config import Config
 from divjax.fragments import FragmentLayout, build_layout, to_fragments
+from divjax.mixing import choose_dense
 from divjax.network import Network
 from divjax.queue import FATE_EVICTED, Counters, MessageQueue, end, per_receiver
 from divjax.randomness import STREAM_COMM, STREAM_DATA, STREAM_INIT, batch_plan, epochs_needed, stream
@@ -68,9 +69,13 @@ class Simulation:
 
 
 def _mix_block(queue_capacity: int, nodes: int, width: int) -> int:
-    fitting = [b for b in range(1, queue_capacity + 1)
-               if queue_capacity % b == 0 and nodes * b * width <= MIX_BLOCK_FLOATS]
-    return max(fitting, default=1)
+    """Records whose payloads the gather form of mixing holds at once (MIX_BLOCK_FLOATS floats)."""
+    return max(1, min(queue_capacity * nodes, MIX_BLOCK_FLOATS // width))
+
+
+def own_fragments(p: SimParams, params) -> jax.Array:
+    """Every node's model in the fragment-major layout ``[m, n, L]`` of the snapshot ring."""
+    return jnp.swapaxes(to_fragments(flatten_models(params), p.fragment_index), 0, 1)
 
 
 def _step_ticks(config: Config) -> np.ndarray:
@@ -85,12 +90,13 @@ def _step_ticks(config: Config) -> np.ndarray:
 
 
 def build(config: Config, network: Network | None = None, task: Task | None = None,
-          data: TaskData | None = None, log_messages: int = 0) -> Simulation:
+          data: TaskData | None = None, log_messages: int = 0, mixing: str = "auto") -> Simulation:
     """Validate ``config`` and lay the simulation out (no compilation happens here).
 
     ``network`` replaces the preset the config names (a custom topology, say); ``task`` with ``data``
     replaces the task the config names. ``log_messages > 0`` keeps a log of that many ended messages
-    (:class:`~divjax.queue.MessageLog`; for tests and diagnostics).
+    (:class:`~divjax.queue.MessageLog`; for tests and diagnostics). ``mixing`` picks the implementation
+    of mixing (``auto``, ``dense``, ``gather``; the same numbers, see :mod:`divjax.mixing`).
     """
     config.validate()
     n = config.nodes
@@ -120,7 +126,8 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
         queue_capacity=queue_capacity, snapshot_slots=slots, out_width=out_width,
         pong_width=min(n - 1, 4 * (config.degree // 2) + 8), max_shard=int(data.train.x.shape[1]),
         epochs=epochs_needed(floor, config.local_steps, config.batch_size),
-        transport=net.transport, mix_block=_mix_block(queue_capacity, n, width), log_capacity=log_messages,
+        transport=net.transport, mix_dense=choose_dense(mixing, n, slots),
+        mix_block=_mix_block(queue_capacity, n, width), log_capacity=log_messages,
     )
     params = SimParams(
         lr=jnp.asarray(config.lr, jnp.float32),
@@ -163,9 +170,8 @@ def _initial_state_jit(spec: SimSpec, p: SimParams, init_key: jax.Array) -> SimS
     opt_state = jax.vmap(optax.sgd(p.lr).init)(params)
     zeros = jnp.zeros(n, jnp.int32)
     batch_idx, batch_mask = _plans(spec, p, zeros)
-    own = to_fragments(flatten_models(params), p.fragment_index)
-    snapshots = jnp.zeros((n, slots, spec.fragments, spec.fragment_width), jnp.float32)
-    snapshots = snapshots.at[:, slots - 1].set(own)
+    snapshots = jnp.zeros((spec.fragments, n, slots, spec.fragment_width), jnp.float32)
+    snapshots = snapshots.at[:, :, slots - 1].set(own_fragments(p, params))
     return SimState(
         tick=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, iteration=zeros,
         step_in_iter=zeros, next_step_tick=p.step_ticks, waiting=jnp.zeros(n, bool),
@@ -200,10 +206,16 @@ def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask)
+    if task_step is not None:
+        # Nodes that are not stepping get an empty minibatch, hence a zero update: no select of the whole
+        # (embedding) tables, which would cost more than the row-sparse step itself.
+        params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask & stepping[:, None])
+    else:
+        params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask)
+        params = tree_select(stepping, params, s.params)
+        opt_state = tree_select(stepping, opt_state, s.opt_state)
     return s.replace(
-        params=tree_select(stepping, params, s.params),
-        opt_state=tree_select(stepping, opt_state, s.opt_state),
+        params=params, opt_state=opt_state,
         step_in_iter=s.step_in_iter + stepping,
         next_step_tick=s.next_step_tick + jnp.where(stepping, p.step_ticks, 0),
         train_loss_sum=s.train_loss_sum + jnp.where(stepping, loss, 0.0),
@@ -217,13 +229,13 @@ def _snapshot(spec: SimSpec, p: SimParams, s: SimState, who: jax.Array, now: jax
     Records still pointing at the model that slot held are evicted (counted as ``overflow_snapshot``):
     the ring was too small for how long that message stayed in flight.
     """
-    own = to_fragments(flatten_models(s.params), p.fragment_index)
     slot = s.iteration % spec.snapshot_slots
     evicted = s.queue.live & who[:, None] & (s.queue.slot == slot[:, None])
     queue, counters = end(s.queue, s.counters, evicted, FATE_EVICTED, now)
+    rows = jnp.where(who, jnp.arange(spec.nodes), spec.nodes)  # only the boundary nodes' slots are written
     target = who[:, None] & (jnp.arange(spec.snapshot_slots) == slot[:, None])  # [n, S]
     return s.replace(
-        snapshots=jnp.where(target[:, :, None, None], own[:, None], s.snapshots),
+        snapshots=s.snapshots.at[:, rows, slot].set(own_fragments(p, s.params), mode="drop"),
         snapshot_iter=jnp.where(target, s.iteration[:, None], s.snapshot_iter),
         latest_slot=jnp.where(who, slot, s.latest_slot), queue=queue, counters=counters,
     )
@@ -232,7 +244,7 @@ def _snapshot(spec: SimSpec, p: SimParams, s: SimState, who: jax.Array, now: jax
 def _mix_and_send(spec: SimSpec, p: SimParams, s: SimState, at_boundary: jax.Array, now: jax.Array) -> SimState:
     """The rest of a boundary, once the snapshot is in the ring: mix, flush, queue, start the next iteration."""
     algo = algorithms.get(spec.algorithm)
-    own = s.snapshots[jnp.arange(spec.nodes), s.latest_slot]  # the snapshot just taken, for boundary nodes
+    own = s.snapshots[:, jnp.arange(spec.nodes), s.latest_slot]  # [m, n, L]: the snapshot just taken
     s = algo.mix(spec, p, s, at_boundary, own, now)
     out = algo.outbox(spec, p, s, at_boundary, now)
     queue, counters = s.queue, s.counters

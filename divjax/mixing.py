@@ -5,8 +5,17 @@ Every algorithm here mixes the same way, only with other weights and another cho
     x_i[f] <- (w_i * x_i[f] + sum_records w_rec * snapshot_rec[f]) / (w_i + sum_records w_rec)
 
 DivShare, Swift and AD-PSGD take w = 1 for everything (the reference's per-coordinate count rule); D-PSGD
-takes Metropolis weights (which sum to one). Payloads are gathered from the senders' snapshot rings a few
-queue columns at a time, so the transient memory is ``n * mix_block * L`` floats, never ``n^2 * d``.
+takes Metropolis weights (which sum to one).
+
+The snapshot ring is fragment-major, ``[m, n, S, L]``, and there are two implementations of the sum, which
+give the same numbers up to float rounding (tested):
+
+* ``dense``: per fragment, the ``[n, n*S]`` matrix of weights of which (sender, slot) each receiver applies,
+  times the ring's ``[n*S, L]`` rows: one batched matmul. Its cost grows as n^2, but dense matmuls are
+  what CPUs do best: it is the faster form for small n.
+* ``gather``: the applied records are compacted first, then their payloads are gathered and scattered into
+  the receivers' sums a block at a time; the cost follows the records actually applied (about n*J*d floats
+  per round) and the transient memory is one block. The form for large n.
 """
 
 from __future__ import annotations
@@ -18,36 +27,69 @@ from divjax.fragments import to_flat
 from divjax.queue import FATE_APPLIED, FATE_SUPERSEDED, MessageQueue, end, newest_per_pair
 from divjax.state import SimParams, SimSpec, SimState, tree_select, unflatten_models
 
+DENSE_MAX_COLUMNS = 512  # "auto" uses the dense form while n * S stays below this
+
+
+def choose_dense(choice: str, nodes: int, slots: int) -> bool:
+    """``dense``, ``gather`` or ``auto`` (dense for small n * S) -> whether to use the dense form."""
+    if choice not in ("auto", "dense", "gather"):
+        raise ValueError(f"mixing={choice!r} is not allowed: expected auto, dense or gather")
+    return choice == "dense" or (choice == "auto" and nodes * slots <= DENSE_MAX_COLUMNS)
+
+
+def _dense_sums(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, apply: jax.Array,
+                weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n, slots = spec.nodes, spec.snapshot_slots
+    column = jnp.arange(n)[:, None] * slots + queue.slot  # (sender, slot) as a row of the ring
+    weights = jnp.zeros((spec.fragments, n, n * slots), jnp.float32).at[
+        queue.fragment, queue.receiver, column].add(jnp.where(apply, weight, 0.0))
+    ring = snapshots.reshape(spec.fragments, n * slots, spec.fragment_width)
+    total = jnp.einsum("frk,fkl->frl", weights, ring, precision=jax.lax.Precision.HIGHEST)
+    return total, jnp.sum(weights, axis=2)
+
+
+def _gather_sums(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, apply: jax.Array,
+                 weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n, capacity = queue.live.shape
+    records = n * capacity
+    flat = apply.reshape(-1)
+    count = jnp.sum(flat, dtype=jnp.int32)
+    # The applied records first: the i-th applied record's flat index goes to position i.
+    position = jnp.where(flat, jnp.cumsum(flat) - 1, records)
+    order = jnp.zeros(records, jnp.int32).at[position].set(jnp.arange(records, dtype=jnp.int32), mode="drop")
+    sender = order // capacity
+    column = order % capacity
+    block = spec.mix_block
+
+    def add_block(carry):
+        start, total, weights = carry
+        idx = start + jnp.arange(block)
+        valid = idx < count
+        s, c = sender[jnp.minimum(idx, records - 1)], column[jnp.minimum(idx, records - 1)]
+        fragment, receiver = queue.fragment[s, c], jnp.where(valid, queue.receiver[s, c], n)
+        w = jnp.where(valid, weight[s, c], 0.0)
+        payload = snapshots[fragment, s, queue.slot[s, c]]  # [block, L]
+        total = total.at[fragment, receiver].add(w[:, None] * payload, mode="drop")
+        weights = weights.at[fragment, receiver].add(w, mode="drop")
+        return start + block, total, weights
+
+    init = (jnp.zeros((), jnp.int32), jnp.zeros((spec.fragments, n, spec.fragment_width), jnp.float32),
+            jnp.zeros((spec.fragments, n), jnp.float32))
+    _, total, weights = jax.lax.while_loop(lambda c: c[0] < count, add_block, init)
+    return total, weights
+
 
 def weighted_average(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, own: jax.Array,
                      apply: jax.Array, weight: jax.Array, self_weight: jax.Array) -> jax.Array:
-    """Mix the records where ``apply`` holds into ``own`` (``[n, m, L]``) with the given weights."""
-    n = spec.nodes
-    rows = jnp.arange(n)[:, None]
-
-    def add_block(block: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        total, weights = carry
-        cols = block * spec.mix_block + jnp.arange(spec.mix_block)
-        receiver = jnp.where(apply[:, cols], queue.receiver[:, cols], n)  # n: dropped by the scatter
-        fragment = queue.fragment[:, cols]
-        w = weight[:, cols]
-        payload = snapshots[rows, queue.slot[:, cols], fragment]  # [n, block, L]
-        total = total.at[receiver, fragment].add(w[..., None] * payload, mode="drop")
-        weights = weights.at[receiver, fragment].add(w, mode="drop")
-        return total, weights
-
-    total = own * self_weight[:, None, None]
-    weights = jnp.broadcast_to(self_weight[:, None], own.shape[:2])
-    carry = (total, weights)
-    for block in range(spec.queue_capacity // spec.mix_block):
-        carry = add_block(block, carry)
-    total, weights = carry
-    return total / weights[..., None]
+    """Mix the records where ``apply`` holds into ``own`` (``[m, n, L]``) with the given weights."""
+    sums = _dense_sums if spec.mix_dense else _gather_sums
+    total, weights = sums(spec, snapshots, queue, apply, weight)
+    return (self_weight[None, :, None] * own + total) / (self_weight + weights)[..., None]
 
 
-def set_models(params: jax.Array, p: SimParams, who: jax.Array, fragments: jax.Array):
-    """Replace the models of the nodes in ``who`` by ``fragments`` (``[n, m, L]`` layout)."""
-    new = unflatten_models(to_flat(fragments, p.fragment_position), params)
+def set_models(params, p: SimParams, who: jax.Array, fragments: jax.Array):
+    """Replace the models of the nodes in ``who`` by ``fragments`` (``[m, n, L]`` layout)."""
+    new = unflatten_models(to_flat(jnp.swapaxes(fragments, 0, 1), p.fragment_position), params)
     return tree_select(who, new, params)
 
 

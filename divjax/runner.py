@@ -137,7 +137,8 @@ def _history_entry(t: float, ev: dict[str, jax.Array]) -> dict[str, float]:
 
 
 def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None) -> RunResult:
-    """Run a built simulation for ``config.duration`` simulated seconds, evaluating every ``eval_every``."""
+    """Run a built simulation for ``config.duration`` simulated seconds, evaluating every
+    ``config.evaluation_period``."""
     cfg = sim.config
     start = time.perf_counter()
     state = sim.initial_state()
@@ -146,7 +147,7 @@ def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None
     compile_seconds = time.perf_counter() - start
 
     total = engine.ticks_for(cfg.duration, sim.dt)
-    chunk = engine.ticks_for(cfg.eval_every, sim.dt)
+    chunk = engine.ticks_for(cfg.evaluation_period, sim.dt)
     node_accuracy = []
     entries = []
 

@@ -35,7 +35,8 @@ class SimSpec:
       out_width: messages a node queues at one boundary; pong_width: replies it can queue in one tick.
       max_shard, epochs: shapes of the minibatch plan.
       transport: ``fifo`` or ``shared``.
-      mix_block: queue columns gathered at once when mixing (bounds the transient memory).
+      mix_dense: mix with the dense form (small n) rather than the gather form (see :mod:`divjax.mixing`).
+      mix_block: records whose payloads the gather form of mixing holds at once (bounds its memory).
       log_capacity: entries of the opt-in message log (0: off, compiled out).
     """
 
@@ -55,6 +56,7 @@ class SimSpec:
     max_shard: int
     epochs: int
     transport: str
+    mix_dense: bool
     mix_block: int
     log_capacity: int = 0
 
@@ -97,7 +99,8 @@ class SimState:
       next_step_tick: the tick at which each node's next local step completes.
       waiting: nodes blocked at a boundary (synchronous D-PSGD waits for its neighbours).
       batch_idx, batch_mask: ``[n, K, B]`` the current iteration's minibatches.
-      snapshots: ``[n, S, m, L]`` each sender's ring of sent models; snapshot_iter: ``[n, S]`` their
+      snapshots: ``[m, n, S, L]`` each sender's ring of sent models (fragment-major, see
+        :mod:`divjax.mixing`); snapshot_iter: ``[n, S]`` their
         iterations (-1: the initial model); latest_slot: ``[n]`` the newest one.
       queue, counters: the delay queue and its accounting.
       train_loss_sum, train_loss_steps: ``[n]`` training loss since the last evaluation.

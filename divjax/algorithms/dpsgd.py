@@ -16,10 +16,9 @@ from flax import struct
 from divjax import topology
 from divjax.algorithms.base import Algorithm, boundary_outbox
 from divjax.config import Config
-from divjax.fragments import to_fragments
 from divjax.mixing import set_models, weighted_average
 from divjax.queue import FATE_APPLIED, Outbox, end, per_receiver
-from divjax.state import SimParams, SimSpec, SimState, flatten_models
+from divjax.state import SimParams, SimSpec, SimState
 
 
 @struct.dataclass
@@ -73,7 +72,7 @@ def release(spec: SimSpec, p: SimParams, s: SimState, now: jax.Array) -> SimStat
     sender = jnp.arange(spec.nodes)[:, None, None]
     is_sender = graph.neighbours[q.receiver] == sender  # [n, Q, D]: which neighbour slot the sender is
     weight = jnp.sum(jnp.where(is_sender, graph.weights[q.receiver], 0.0), axis=2)
-    own = to_fragments(flatten_models(s.params), p.fragment_index)
+    own = s.snapshots[:, jnp.arange(spec.nodes), s.latest_slot]  # a waiting node's model is its snapshot
     mixed = weighted_average(spec, s.snapshots, q, own, apply, weight, graph.self_weight)
     queue, counters = end(q, s.counters, apply, FATE_APPLIED, now)
     tick = now.astype(jnp.int32)
