@@ -26,12 +26,13 @@ def summary_table(results: Sequence[RunResult]) -> str:
     if not results:
         return "(no runs)"
     target = results[0].config.target_accuracy
-    header = ("algorithm", "final acc", f"time to {target:.0%}", "deliv. stragglers", "deliv. fast",
-              "lost (capacity)", "wall", "node-steps/s")
+    header = ("algorithm", "final acc", "final loss", f"time to {target:.0%}", "deliv. stragglers",
+              "deliv. fast", "lost (capacity)", "wall", "node-steps/s")
     rows = []
     for r in results:
         s = r.summary()
-        rows.append((s["algorithm"], f"{s['final_mean_accuracy']:.3f}", _seconds(s["time_to_target_s"]),
+        rows.append((s["algorithm"], f"{s['final_mean_accuracy']:.3f}", f"{s['final_mean_test_loss']:.3f}",
+                     _seconds(s["time_to_target_s"]),
                      f"{s['delivery_ratio_stragglers']:.1%}" if not math.isnan(s["delivery_ratio_stragglers"]) else "-",
                      f"{s['delivery_ratio_fast']:.1%}", f"{s['messages_lost_to_capacity']:,}",
                      f"{s['wall_seconds']:.1f} s",

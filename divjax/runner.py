@@ -90,6 +90,7 @@ class RunResult:
         return {
             "algorithm": self.config.algorithm,
             "final_mean_accuracy": float(self.history["mean_accuracy"][-1]),
+            "final_mean_test_loss": float(self.history["mean_test_loss"][-1]),
             "time_to_target_s": self.time_to_target,
             "target_accuracy": self.config.target_accuracy,
             "delivery_ratio_stragglers": self.delivery_ratio(True),

@@ -1,6 +1,25 @@
-"""Tiny configurations shared by the tests (seconds to compile and run on 2 CPU cores)."""
+"""Tiny configurations shared by the tests (seconds to compile and run on 2 CPU cores), and where the real
+data are: ``$DIVJAX_TEST_DATA`` (default: ``shared/data`` beside the repository); tests that need them skip
+with a reason when they are absent."""
+
+import os
+from pathlib import Path
+
+import pytest
 
 from divjax.config import Config, NetworkConfig, TaskConfig
+
+DATA = Path(os.environ.get("DIVJAX_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CIFAR = DATA / "cifar10"
+MOVIELENS = DATA / "movielens"
+needs_cifar = pytest.mark.skipif(
+    not (CIFAR / "cifar10_jpeg.npz").is_file() or not (CIFAR / "cifar10_lossless_subset.npz").is_file(),
+    reason=f"real CIFAR-10 not found under {CIFAR} (set DIVJAX_TEST_DATA to the shared data folder)",
+)
+needs_movielens = pytest.mark.skipif(
+    not (MOVIELENS / "ml-latest-small.zip").is_file() or not (MOVIELENS / "ml-100k" / "u.data").is_file(),
+    reason=f"real MovieLens not found under {MOVIELENS} (set DIVJAX_TEST_DATA to the shared data folder)",
+)
 
 TINY_TASK = TaskConfig(hidden=4, samples_mean_log=3.0, samples_sigma_log=0.3, samples_cap=80)
 

@@ -6,7 +6,6 @@ it skip with a reason when it is absent. Everything else runs on small files mad
 
 import collections
 import io
-import os
 import pickle
 import re
 import shutil
@@ -23,18 +22,7 @@ from divjax.data import (
     load_movielens_tfds, movielens_split, normalize, user_blocks,
 )
 from divjax.data import cache, cifar10
-
-DATA = Path(os.environ.get("DIVJAX_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CIFAR = DATA / "cifar10"
-MOVIELENS = DATA / "movielens"
-needs_cifar = pytest.mark.skipif(
-    not (CIFAR / "cifar10_jpeg.npz").is_file() or not (CIFAR / "cifar10_lossless_subset.npz").is_file(),
-    reason=f"real CIFAR-10 not found under {CIFAR} (set DIVJAX_TEST_DATA to the shared data folder)",
-)
-needs_movielens = pytest.mark.skipif(
-    not (MOVIELENS / "ml-latest-small.zip").is_file() or not (MOVIELENS / "ml-100k" / "u.data").is_file(),
-    reason=f"real MovieLens not found under {MOVIELENS} (set DIVJAX_TEST_DATA to the shared data folder)",
-)
+from tests.helpers import CIFAR, MOVIELENS, needs_cifar, needs_movielens
 
 
 # --- CIFAR-10, offline npz layout (real data) -----------------------------------------------------------------
