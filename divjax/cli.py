@@ -1,9 +1,9 @@
 """The ``divjax`` command.
 
 ``divjax run`` with no arguments compares DivShare, AD-PSGD and Swift on the embedded synthetic task
-(60 nodes, 7 communication stragglers), prints a table and writes a run directory. Every flag overrides
-one field of :class:`divjax.Config`; ``--config FILE`` starts from a JSON file instead of the defaults
-(a run directory's ``config.json`` works).
+(60 nodes, 7 communication stragglers), prints a table and writes a run directory (see divjax.rundir). Every
+flag overrides one field of :class:`divjax.Config`; ``--config FILE`` starts from a JSON file instead of the
+defaults (a run directory's ``config.json`` works). ``divjax resume DIR`` continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -16,9 +16,21 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from divjax import report, runner
-from divjax.config import (ALGORITHMS, CONV_IMPLEMENTATIONS, MOVIELENS_VARIANTS, NETWORK_PRESETS, PARTITIONS,
-                           TASKS, TOPOLOGIES, TRANSPORTS, Config, ConfigError)
+from divjax import engine, report, runner
+from divjax.config import (
+    ALGORITHMS,
+    CONV_IMPLEMENTATIONS,
+    MOVIELENS_VARIANTS,
+    NETWORK_PRESETS,
+    PARTITIONS,
+    TASKS,
+    TOPOLOGIES,
+    TRANSPORTS,
+    Config,
+    ConfigError,
+)
+from divjax.data import DataError
+from divjax.rundir import RunDirectory, RunDirectoryError
 
 DEFAULT_ALGORITHMS = ("divshare", "adpsgd", "swift")
 
@@ -82,7 +94,15 @@ def _parser() -> argparse.ArgumentParser:
         run.add_argument(flag, dest=name, type=kind, default=None, metavar=kind.__name__.upper(),
                          help=text + suffix)
     run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<date>-<time>)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--overwrite", action="store_true", help="replace the files of an existing run directory")
+    resume = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint",
+                            description="Continue an interrupted `divjax run` from its run directory's last "
+                                        "checkpoint; the result is bit-identical to an uninterrupted run.")
+    resume.add_argument("directory", type=Path, help="the run directory")
+    for command in (run, resume):
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+        command.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                             help="wall seconds between checkpoints (taken after evaluations; default: 30)")
     return parser
 
 
@@ -125,29 +145,74 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
                                task=dataclasses.replace(base.task, **nested["task"]), **top)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not algorithms:
-        raise ConfigError("--algorithms is empty: name at least one of " + ", ".join(ALGORITHMS))
+        raise ConfigError(f"--algorithms={args.algorithms!r} is not allowed: name at least one of "
+                          + ", ".join(ALGORITHMS))
     configs = [base.replace(algorithm=a) for a in algorithms]
     for cfg in configs:
         cfg.validate()
     return configs
 
 
+def execute(run: RunDirectory, progress: bool, checkpoint_seconds: float,
+            first: engine.Simulation | None = None) -> list[dict[str, Any]]:
+    """Run every algorithm of ``run`` that has not finished, from its checkpoint if it has one; return the
+    summaries of all of them. ``first``: the first algorithm's simulation, if already built."""
+    for cfg in run.configs:
+        if cfg.algorithm in run.finished:
+            continue
+        sim = first if first is not None and first.config == cfg else engine.build(cfg)
+        saved = run.load_checkpoint(cfg.algorithm)
+        resume = runner.Progress.from_bytes(sim, saved) if saved is not None else None
+        last = time.monotonic()
+
+        def save(progress_now: runner.Progress) -> None:
+            nonlocal last
+            due = time.monotonic() - last >= checkpoint_seconds
+            run.save_progress(cfg.algorithm, progress_now.entries, progress_now.to_bytes() if due else None)
+            if due:
+                last = time.monotonic()
+
+        result = runner.simulate(sim, progress=progress, resume=resume, after_evaluation=save)
+        run.finish_algorithm(cfg.algorithm, result.summary())
+    report.finalize(run)
+    return [run.status["summaries"][cfg.algorithm] for cfg in run.configs]
+
+
+def _report(run: RunDirectory, summaries: list[dict[str, Any]]) -> None:
+    print()
+    print(report.summary_table(summaries))
+    print(f"\nwrote {run.path}/config.json, metrics.csv, summary.json, accuracy.png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    first = None
     try:
-        configs = configs_from_args(args)
-    except ConfigError as err:
+        if args.command == "resume":
+            run = RunDirectory.open(args.directory)
+            if run.complete:
+                print(f"{run.path} is complete; nothing to resume")
+                _report(run, [run.status["summaries"][c.algorithm] for c in run.configs])
+                return 0
+        else:
+            configs = configs_from_args(args)
+            first = engine.build(configs[0])  # loads the data: a bad data directory fails here, with no run dir
+            out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            run = RunDirectory.create(out, configs, overwrite=args.overwrite)
+    except (ConfigError, DataError, RunDirectoryError) as err:
         parser.exit(2, f"divjax: error: {err}\n")
-
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    results = []
-    for cfg in configs:
-        results.append(runner.run(cfg, progress=not args.no_progress))
-    print()
-    print(report.summary_table(results))
-    report.write_run_dir(results, out)
-    print(f"\nwrote {out}/config.json, metrics.csv, summary.json, accuracy.png")
+    try:
+        summaries = execute(run, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_every,
+                            first=first)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {run.path} holds everything up to its last checkpoint; "
+              f"continue with `divjax resume {run.path}`", file=sys.stderr)
+        return 130
+    except (runner.DivergenceError, runner.CapacityError, RunDirectoryError, DataError) as err:
+        print(f"divjax: error: {err}\n(metrics so far are in {run.path}/metrics.csv)", file=sys.stderr)
+        return 1
+    _report(run, summaries)
     return 0
 
 

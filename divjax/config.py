@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 ALGORITHMS = ("divshare", "swift", "adpsgd", "dpsgd")
@@ -200,6 +200,10 @@ class Config:
       topology: D-PSGD's gossip graph.
       queue_capacity: message records per sender; ``None`` chooses from the algorithm (see ``capacities``).
       snapshot_slots: model snapshots kept per sender for in-flight messages; ``None`` chooses.
+      on_capacity: when messages are lost to a full queue or snapshot ring: ``warn`` (and count them) or
+        ``error`` (stop the run with the counts).
+      on_divergence: when a node's model or loss becomes NaN or inf (checked at every evaluation): ``stop``
+        with a clear error (what was measured is kept) or ``continue`` with the node marked.
       network, task: see :class:`NetworkConfig`, :class:`TaskConfig`.
     """
 
@@ -222,6 +226,8 @@ class Config:
     topology: str = "ring"
     queue_capacity: int | None = None
     snapshot_slots: int | None = None
+    on_capacity: str = "warn"
+    on_divergence: str = "stop"
     network: NetworkConfig = field(default_factory=lambda: NetworkConfig(fast_mbps=SYNTHETIC_FAST_MBPS))
     task: TaskConfig = field(default_factory=TaskConfig)
 
@@ -309,9 +315,14 @@ class Config:
             _integer("queue_capacity", self.queue_capacity, 1)
         if self.snapshot_slots is not None:
             _integer("snapshot_slots", self.snapshot_slots, 2)
+        _choice("on_capacity", self.on_capacity, ("warn", "error"))
+        _choice("on_divergence", self.on_divergence, ("stop", "continue"))
         ticks = self.duration / self.tick
-        _require(ticks < 2**24, "duration", self.duration,
-                 f"at most 2**24 ticks per run (duration / dt = {ticks:.3g}); raise dt or shorten the run")
+        _require(1 <= ticks < 2**24, "duration", self.duration,
+                 f"between one tick and 2**24 ticks per run (duration / dt = {ticks:.3g})")
+        slowest = self.step_time * self.compute_slowdown / self.tick
+        _require(slowest < 2**24, "dt", self.dt,
+                 f"a step must last fewer than 2**24 ticks (step_time * compute_slowdown / dt = {slowest:.3g})")
         _require(isinstance(self.network, NetworkConfig), "network", self.network, "expected a NetworkConfig")
         _require(isinstance(self.task, TaskConfig), "task", self.task, "expected a TaskConfig")
         self.network.validate(self.nodes)

@@ -28,12 +28,19 @@ import optax
 
 from divjax import algorithms, tasks
 from divjax import network as network_lib
-from divjax.config import Config
+from divjax.config import Config, ConfigError
 from divjax.fragments import FragmentLayout, build_layout, to_fragments
 from divjax.mixing import choose_dense
 from divjax.network import Network
 from divjax.queue import FATE_EVICTED, Counters, MessageQueue, end, per_receiver
-from divjax.randomness import STREAM_COMM, STREAM_DATA, STREAM_INIT, batch_plan, epochs_needed, stream
+from divjax.randomness import (
+    STREAM_COMM,
+    STREAM_DATA,
+    STREAM_INIT,
+    batch_plan,
+    epochs_needed,
+    stream,
+)
 from divjax.state import SimParams, SimSpec, SimState, flatten_models, tree_select
 from divjax.tasks import Task, TaskData
 from divjax.transport import Links, advance_shared, answer, flush, send
@@ -114,6 +121,9 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
     algo = algorithms.get(config.algorithm)
     algo_arrays = algo.init(config)
     out_width = algo.out_width(config, algo_arrays)
+    if config.queue_capacity is not None and config.queue_capacity < out_width:
+        raise ConfigError(f"queue_capacity={config.queue_capacity} is not allowed: a {config.algorithm} node "
+                          f"queues {out_width} messages at each boundary; expected at least {out_width}")
     queue_capacity, slots = config.capacities(out_width)
 
     init_params = task.init_params(jax.random.key(0))

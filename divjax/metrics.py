@@ -48,6 +48,8 @@ def evaluate(spec: SimSpec, p: SimParams, s: SimState, nodes: jax.Array) -> dict
         **{f"average_model_{k}": v for k, v in average_metrics.items()},
         "consensus_distance": consensus,
         "train_loss": jnp.where(s.train_loss_steps > 0, train_loss, jnp.nan),
+        # Divergence: a node whose model (or training loss since the last evaluation) is NaN or inf.
+        "finite": jnp.all(jnp.isfinite(flat_models), axis=1) & jnp.isfinite(s.train_loss_sum),
     }
 
 

@@ -12,7 +12,8 @@ give the same numbers up to float rounding (tested):
 
 * ``dense``: per fragment, the ``[n, n*S]`` matrix of weights of which (sender, slot) each receiver applies,
   times the ring's ``[n*S, L]`` rows: one batched matmul. Its cost grows as n^2, but dense matmuls are
-  what CPUs do best: it is the faster form for small n.
+  what CPUs do best: it is the faster form for small n. (While the ring holds a non-finite value, the
+  gather form runs instead: a matmul would spread it through zero weights.)
 * ``gather``: the applied records are compacted first, then their payloads are gathered and scattered into
   the receivers' sums a block at a time; the cost follows the records actually applied (about n*J*d floats
   per round) and the transient memory is one block. The form for large n.
@@ -20,11 +21,19 @@ give the same numbers up to float rounding (tested):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from divjax.fragments import to_flat
-from divjax.queue import FATE_APPLIED, FATE_SUPERSEDED, MessageQueue, end, newest_per_pair
+from divjax.queue import (
+    FATE_APPLIED,
+    FATE_SUPERSEDED,
+    MessageQueue,
+    end,
+    newest_per_pair,
+)
 from divjax.state import SimParams, SimSpec, SimState, tree_select, unflatten_models
 
 DENSE_MAX_COLUMNS = 512  # "auto" uses the dense form while n * S stays below this
@@ -82,8 +91,15 @@ def _gather_sums(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, apply
 def weighted_average(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, own: jax.Array,
                      apply: jax.Array, weight: jax.Array, self_weight: jax.Array) -> jax.Array:
     """Mix the records where ``apply`` holds into ``own`` (``[m, n, L]``) with the given weights."""
-    sums = _dense_sums if spec.mix_dense else _gather_sums
-    total, weights = sums(spec, snapshots, queue, apply, weight)
+    args = (snapshots, queue, apply, weight)
+    gather = functools.partial(_gather_sums, spec)
+    if spec.mix_dense:
+        # In a matmul a zero weight times a NaN payload is NaN: with a non-finite model in the ring (a
+        # diverged node), only the gather form keeps it out of the receivers that did not apply it.
+        dense = functools.partial(_dense_sums, spec)
+        total, weights = jax.lax.cond(jnp.all(jnp.isfinite(snapshots)), dense, gather, *args)
+    else:
+        total, weights = gather(*args)
     return (self_weight[None, :, None] * own + total) / (self_weight + weights)[..., None]
 
 

@@ -33,7 +33,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from divjax import topology
-from divjax.randomness import STREAM_INIT, batch_plan, fragment_messages, ping_targets, stream
+from divjax.randomness import (
+    STREAM_INIT,
+    batch_plan,
+    fragment_messages,
+    ping_targets,
+    stream,
+)
 
 # Priorities of simultaneous events: lower runs first.
 STEP, COMPLETE, LAND, RELEASE, BOUNDARY = range(5)

@@ -3,7 +3,7 @@
 >>> import divjax
 >>> result = divjax.run(divjax.Config(algorithm="divshare", nodes=16, duration=60))
 >>> result.history["mean_accuracy"]          # one value per evaluation
->>> print(result.summary_table())
+>>> print(divjax.summary_table([result.summary()]))
 
 The tick loop is compiled once per shape (:class:`~divjax.state.SimSpec`) and reused by every later run
 with the same shapes, whatever the numbers (seed, learning rate, bandwidths).
@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 from tqdm.auto import tqdm
 
 from divjax import engine, metrics
@@ -103,11 +105,13 @@ class RunResult:
             **{f"messages_{k}": int(v.sum()) for k, v in self.counters.items()},
         }
 
+    def entries(self) -> list[dict[str, float]]:
+        """The history, one dict per evaluation."""
+        return [{k: float(v[i]) for k, v in self.history.items()} for i in range(len(self.history["time"]))]
+
     def rows(self) -> list[dict[str, Any]]:
         """The history as tidy rows: one per evaluation, labelled with the algorithm."""
-        keys = list(self.history)
-        return [{"algorithm": self.config.algorithm, **{k: float(self.history[k][i]) for k in keys}}
-                for i in range(len(self.history["time"]))]
+        return [{"algorithm": self.config.algorithm, **entry} for entry in self.entries()]
 
     def to_dataframe(self):
         """The history as a pandas DataFrame (needs pandas)."""
@@ -126,56 +130,120 @@ def _counters_to_numpy(counters: Counters, state: SimState) -> dict[str, np.ndar
 
 def _history_entry(t: float, ev: dict[str, jax.Array]) -> dict[str, float]:
     acc = np.asarray(ev["node_accuracy"])
+    train_loss = np.asarray(ev["train_loss"])
     return {
         "time": t, "mean_accuracy": float(acc.mean()), "min_accuracy": float(acc.min()),
         "max_accuracy": float(acc.max()), "mean_test_loss": float(np.mean(ev["node_loss"])),
         "average_model_accuracy": float(ev["average_model_accuracy"]),
         "average_model_test_loss": float(ev["average_model_loss"]),
         "consensus_distance": float(ev["consensus_distance"]),
-        "train_loss": float(np.nanmean(np.asarray(ev["train_loss"]))) if np.any(
-            np.isfinite(np.asarray(ev["train_loss"]))) else float("nan"),
+        "train_loss": float(np.nanmean(train_loss)) if np.any(np.isfinite(train_loss)) else float("nan"),
+        "diverged_nodes": float(np.sum(~np.asarray(ev["finite"]))),
     }
 
 
-def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None) -> RunResult:
+class CapacityError(RuntimeError):
+    """Messages were lost to a full queue or snapshot ring (``config.on_capacity == "error"``)."""
+
+
+def _capacity_advice(sim: Simulation) -> str:
+    return (f"raise queue_capacity (now {sim.spec.queue_capacity}) and snapshot_slots "
+            f"(now {sim.spec.snapshot_slots})")
+
+
+class DivergenceError(RuntimeError):
+    """Some node's model or training loss became NaN or infinite (``config.on_divergence == "stop"``)."""
+
+    def __init__(self, algorithm: str, nodes: np.ndarray, time: float):
+        self.nodes, self.time = nodes, time
+        shown = ", ".join(map(str, nodes[:10])) + (" ..." if len(nodes) > 10 else "")
+        super().__init__(
+            f"{algorithm}: the models of {len(nodes)} node(s) ({shown}) hold NaN or inf at t = {time:g} s "
+            "(detected at that evaluation); lower lr, or set on_divergence='continue' to carry on with those "
+            "nodes marked. What was measured up to then is kept.")
+
+
+@dataclass
+class Progress:
+    """Where a run stands after an evaluation: everything a checkpoint holds to resume bit for bit."""
+
+    state: SimState
+    entries: list[dict[str, float]]
+    node_accuracy: list[np.ndarray]
+    done: int  # ticks simulated
+
+    def to_bytes(self) -> bytes:
+        return serialization.msgpack_serialize({
+            "state": serialization.to_state_dict(self.state), "entries": self.entries,
+            "node_accuracy": np.stack(self.node_accuracy), "done": self.done})
+
+    @classmethod
+    def from_bytes(cls, sim: Simulation, data: bytes) -> "Progress":
+        raw = serialization.msgpack_restore(data)
+        state = serialization.from_state_dict(sim.initial_state(), raw["state"])
+        return cls(state=jax.tree.map(jnp.asarray, state), entries=[dict(e) for e in raw["entries"]],
+                   node_accuracy=list(np.asarray(raw["node_accuracy"])), done=int(raw["done"]))
+
+
+def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None, resume: Progress | None = None,
+             after_evaluation: Callable[[Progress], None] | None = None) -> RunResult:
     """Run a built simulation for ``config.duration`` simulated seconds, evaluating every
-    ``config.evaluation_period``."""
+    ``config.evaluation_period``.
+
+    ``after_evaluation`` is called with the :class:`Progress` after every evaluation (the run directory
+    writes metrics and checkpoints there); ``resume`` continues from such a progress, bit for bit.
+    """
     cfg = sim.config
     start = time.perf_counter()
-    state = sim.initial_state()
+    state = resume.state if resume is not None else sim.initial_state()
     state = engine.advance(sim, state, 0)  # compiles the tick loop (a no-op run)
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - start
 
     total = engine.ticks_for(cfg.duration, sim.dt)
     chunk = engine.ticks_for(cfg.evaluation_period, sim.dt)
-    node_accuracy = []
-    entries = []
+    run = resume or Progress(state=state, entries=[], node_accuracy=[], done=0)
+    warned = False
 
     def record(state: SimState) -> SimState:
+        nonlocal warned
         ev = metrics.evaluate(sim.spec, sim.params, state, sim.eval_nodes)
-        node_accuracy.append(np.asarray(ev["node_accuracy"]))
-        entries.append(_history_entry(int(state.tick) * sim.dt, ev))
-        return metrics.reset_train_loss(state)
+        run.node_accuracy.append(np.asarray(ev["node_accuracy"]))
+        run.entries.append(_history_entry(int(state.tick) * sim.dt, ev))
+        run.state = metrics.reset_train_loss(state)
+        if after_evaluation is not None:
+            after_evaluation(run)
+        lost = int(state.counters.overflow_queue.sum() + state.counters.overflow_snapshot.sum())
+        if lost and cfg.on_capacity == "error":
+            raise CapacityError(f"{cfg.algorithm}: {lost} messages were lost to capacity by t = "
+                                f"{run.entries[-1]['time']:g} s ({_capacity_advice(sim)}); on_capacity='error'")
+        diverged = np.flatnonzero(~np.asarray(ev["finite"]))
+        if diverged.size and cfg.on_divergence == "stop":
+            raise DivergenceError(cfg.algorithm, diverged, run.entries[-1]["time"])
+        if diverged.size and not warned:
+            warned = True
+            warnings.warn(str(DivergenceError(cfg.algorithm, diverged, run.entries[-1]["time"])), stacklevel=3)
+        return run.state
 
-    state = record(state)
-    bar = tqdm(total=round(total * sim.dt, 6), unit="sim s", disable=not progress, leave=True,
-               desc=label or cfg.algorithm, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]")
-    done = 0
-    while done < total:
-        ticks = min(chunk, total - done)
+    if resume is None:
+        state = record(state)
+    bar = tqdm(total=round(total * sim.dt, 6), initial=round(run.done * sim.dt, 6), unit="sim s",
+               disable=not progress, leave=True, desc=label or cfg.algorithm,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]")
+    while run.done < total:
+        ticks = min(chunk, total - run.done)
         state = engine.advance(sim, state, ticks)
-        done += ticks
+        run.done += ticks
         state = record(state)
         bar.update(round(ticks * sim.dt, 6))
-        bar.set_postfix(acc=f"{entries[-1]['mean_accuracy']:.3f}", refresh=False)
+        bar.set_postfix(acc=f"{run.entries[-1]['mean_accuracy']:.3f}", refresh=False)
     bar.close()
     wall = time.perf_counter() - start
-    history = {k: np.array([e[k] for e in entries]) for k in entries[0]}
+    history = {k: np.array([e[k] for e in run.entries]) for k in run.entries[0]}
     iterations = np.asarray(state.iteration)
     node_steps = int(iterations.sum()) * cfg.local_steps + int(np.asarray(state.step_in_iter).sum())
     stragglers = np.arange(cfg.network.stragglers if cfg.network.preset == "stragglers" else 0)
-    result = RunResult(config=cfg, history=history, node_accuracy=np.stack(node_accuracy),
+    result = RunResult(config=cfg, history=history, node_accuracy=np.stack(run.node_accuracy),
                        eval_nodes=np.asarray(sim.eval_nodes),
                        counters=_counters_to_numpy(state.counters, state), iterations=iterations,
                        stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall,
@@ -192,8 +260,8 @@ def _warn_if_capacity_overflowed(result: RunResult, sim: Simulation) -> None:
         f"{result.config.algorithm}: {result.lost_to_capacity} of {int(c['sent'].sum())} messages were lost to "
         f"capacity ({int(c['overflow_queue'].sum())} found the sender's queue full, "
         f"{int(c['overflow_snapshot'].sum())} lost their snapshot slot), so this run differs from the "
-        f"unbounded reference. Slow senders build backlogs without a flush: raise queue_capacity "
-        f"(now {sim.spec.queue_capacity}) and snapshot_slots (now {sim.spec.snapshot_slots}).", stacklevel=3)
+        f"unbounded reference. Slow senders build backlogs without a flush: {_capacity_advice(sim)}.",
+        stacklevel=3)
 
 
 def run(config: Config, *, network: Network | None = None, progress: bool = True) -> RunResult:

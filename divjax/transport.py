@@ -24,7 +24,15 @@ import numpy as np
 from flax import struct
 
 from divjax.network import Network
-from divjax.queue import FATE_FLUSHED, Counters, MessageQueue, Outbox, end, insert, placement
+from divjax.queue import (
+    FATE_FLUSHED,
+    Counters,
+    MessageQueue,
+    Outbox,
+    end,
+    insert,
+    placement,
+)
 
 # Reacts to records landing in (since, until]: the messages to queue in response (AD-PSGD's pongs), each
 # row sorted by start time, and per node how many replies did not fit in the outbox.

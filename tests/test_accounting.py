@@ -24,7 +24,7 @@ def configs(draw):
         omega=draw(st.sampled_from([0.5, 1.0])) if algorithm == "divshare" else 0.5,
         compute_stragglers=draw(st.integers(0, 2)), compute_slowdown=draw(st.sampled_from([1.0, 2.0, 3.0])),
         seed=draw(st.integers(0, 1000)), duration=6.0,
-        queue_capacity=3 if tight else None, snapshot_slots=2 if tight else None,
+        queue_capacity=4 if tight else None, snapshot_slots=2 if tight else None,  # 4: one round of J*m
     )
 
 

@@ -18,12 +18,23 @@ import numpy as np
 import pytest
 
 from divjax.data import (
-    DataError, ImageDataset, Ratings, dirichlet, iid, kshard, load_cifar10, load_cifar10_tfds, load_movielens,
-    load_movielens_tfds, movielens_split, normalize, user_blocks,
+    DataError,
+    ImageDataset,
+    Ratings,
+    cache,
+    cifar10,
+    dirichlet,
+    iid,
+    kshard,
+    load_cifar10,
+    load_cifar10_tfds,
+    load_movielens,
+    load_movielens_tfds,
+    movielens_split,
+    normalize,
+    user_blocks,
 )
-from divjax.data import cache, cifar10
 from tests.helpers import CIFAR, MOVIELENS, needs_cifar, needs_movielens
-
 
 # --- CIFAR-10, offline npz layout (real data) -----------------------------------------------------------------
 

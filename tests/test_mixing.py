@@ -23,3 +23,17 @@ def test_dense_and_gather_mixing_agree(algorithm):
         np.testing.assert_array_equal(getattr(dense.counters, name), getattr(gather.counters, name), err_msg=name)
     np.testing.assert_allclose(engine.flatten_models(dense.params), engine.flatten_models(gather.params),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_diverged_model_reaches_only_the_nodes_that_apply_it():
+    """Mixing must not spread NaN through zero weights (a dense matmul would: 0 * NaN = NaN)."""
+    import jax.numpy as jnp
+
+
+    cfg = tiny(duration=1.0, eval_every=1.0, on_divergence="continue")
+    sim = engine.build(cfg, mixing="dense")
+    state = sim.initial_state()
+    params = {k: {n: v.at[3].set(jnp.nan) for n, v in layer.items()} for k, layer in state.params.items()}
+    state = engine.advance(sim, state.replace(params=params), 4)  # one iteration: node 3's NaN is sent, not landed
+    finite = np.isfinite(np.asarray(engine.flatten_models(state.params))).all(axis=1)
+    assert finite.tolist() == [True, True, True, False, True, True]

@@ -49,7 +49,8 @@ def test_cli_end_to_end(tmp_path):
                      "--local-steps", "4", "--step-time", "0.25", "--duration", "6", "--eval-every", "3",
                      "--stragglers", "1", "--fast-mbps", "0.5", "--out", str(out), "--no-progress"])
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "accuracy.png"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "accuracy.png",
+                                              "status.json"}
     config = json.loads((out / "config.json").read_text())
     assert config["algorithms"] == ["divshare", "swift"] and config["config"]["nodes"] == 6
     rows = list(csv.DictReader((out / "metrics.csv").open()))

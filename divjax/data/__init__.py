@@ -15,7 +15,14 @@ No path is built in: every loader reads the folder it is given.
 from divjax.data.cifar10 import ImageDataset, load_cifar10, normalize
 from divjax.data.errors import DataError
 from divjax.data.movielens import Ratings, load_movielens
-from divjax.data.partition import dirichlet, equal_fractions, iid, kshard, movielens_split, user_blocks
+from divjax.data.partition import (
+    dirichlet,
+    equal_fractions,
+    iid,
+    kshard,
+    movielens_split,
+    user_blocks,
+)
 from divjax.data.tfds_source import load_cifar10_tfds, load_movielens_tfds
 
 __all__ = [

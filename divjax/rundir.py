@@ -1,0 +1,199 @@
+"""A run directory that is always consistent: written as the run goes, atomically, and resumable.
+
+Layout::
+
+    config.json        the algorithms and the configuration (written first; `divjax run --config` reads it)
+    status.json        complete or not, which algorithms finished, versions, backend, config hash,
+                       and the checksum of the current checkpoint
+    metrics.csv        tidy: one row per algorithm x evaluation, rewritten after every evaluation
+    checkpoint.msgpack the whole simulation state of the algorithm running (models, optimiser states, queue,
+                       clocks) and its metrics so far, after its latest evaluation
+    summary.json, accuracy.png   once every algorithm has finished
+
+Every file is written to a temporary name, flushed to disk, then renamed over the old one, so a run killed
+at any moment (SIGINT, SIGTERM, SIGKILL) leaves complete files describing its last evaluation, and a
+``status.json`` saying it is incomplete. ``divjax resume DIR`` continues it from its checkpoint; the
+simulation is deterministic, so the resumed run is bit-identical to an uninterrupted one on the same backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from divjax.config import Config, ConfigError
+
+CONFIG, STATUS, METRICS, CHECKPOINT = "config.json", "status.json", "metrics.csv", "checkpoint.msgpack"
+METRIC_COLUMNS_FIRST = ("algorithm", "time")
+
+
+class RunDirectoryError(RuntimeError):
+    """A run directory is missing, would be overwritten, or holds a damaged file."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the path always holds either the old or the whole new content."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def config_hash(configs: Sequence[Config]) -> str:
+    text = json.dumps([c.to_dict() for c in configs], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _environment() -> dict[str, str]:
+    import flax
+    import optax
+
+    from divjax import __version__
+
+    return {"divjax": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "backend": jax.default_backend(),
+            "devices": ", ".join(sorted({d.device_kind for d in jax.devices()}))}
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no inf or nan: they are written as null."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def _csv_value(value: Any) -> str:
+    return repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
+
+
+@dataclass
+class RunDirectory:
+    """A run directory on disk (see the module docstring)."""
+
+    path: Path
+    configs: list[Config]
+    status: dict[str, Any]
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | os.PathLike, configs: Sequence[Config], overwrite: bool = False) -> "RunDirectory":
+        """Start a new run directory; an existing non-empty one is an error unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            if not overwrite:
+                raise RunDirectoryError(f"{path} already exists and is not empty: choose another --out, "
+                                        f"continue it with `divjax resume {path}`, or pass --overwrite")
+            for name in (CONFIG, STATUS, METRICS, CHECKPOINT, "summary.json", "accuracy.png"):
+                (path / name).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        base = configs[0].to_dict()
+        write_atomic(path / CONFIG, _json({"algorithms": [c.algorithm for c in configs], "config": base}))
+        run = cls(path=path, configs=list(configs), status={
+            "complete": False, "finished": [], "config_hash": config_hash(configs), "environment": _environment(),
+            "checkpoint": None})
+        run._write_status()
+        write_atomic(path / METRICS, b"")
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunDirectory":
+        """An existing run directory, to resume."""
+        path = Path(path)
+        for name in (CONFIG, STATUS):
+            if not (path / name).is_file():
+                raise RunDirectoryError(f"{path} is not a divjax run directory: {name} is missing")
+        try:
+            config = json.loads((path / CONFIG).read_text())
+            status = json.loads((path / STATUS).read_text())
+            configs = [Config.from_dict({**config["config"], "algorithm": a}) for a in config["algorithms"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as err:
+            raise RunDirectoryError(f"{path}: config.json or status.json is damaged ({err})") from None
+        if status.get("config_hash") != config_hash(configs):
+            raise RunDirectoryError(f"{path}/config.json does not match the run that status.json records "
+                                    "(edited by hand?): start a new run instead")
+        return cls(path=path, configs=configs, status=status)
+
+    # ------------------------------------------------------------------ progress
+    @property
+    def complete(self) -> bool:
+        return bool(self.status["complete"])
+
+    @property
+    def finished(self) -> list[str]:
+        return list(self.status["finished"])
+
+    def _write_status(self) -> None:
+        write_atomic(self.path / STATUS, _json(self.status))
+
+    def rows(self) -> list[dict[str, str]]:
+        """The metrics written so far."""
+        text = (self.path / METRICS).read_text()
+        lines = text.splitlines()
+        if not lines:
+            return []
+        header = lines[0].split(",")
+        return [dict(zip(header, line.split(","))) for line in lines[1:]]
+
+    def save_progress(self, algorithm: str, entries: list[dict[str, float]], checkpoint: bytes | None) -> None:
+        """After an evaluation: every finished algorithm's rows plus ``algorithm``'s so far, and its checkpoint."""
+        kept = [r for r in self.rows() if r["algorithm"] in self.finished]
+        new = [{"algorithm": algorithm, **{k: _csv_value(v) for k, v in e.items()}} for e in entries]
+        rows = kept + new
+        header = list(rows[0]) if rows else list(METRIC_COLUMNS_FIRST)
+        buffer = io.StringIO()
+        buffer.write(",".join(header) + "\n")
+        for row in rows:
+            buffer.write(",".join(row[k] for k in header) + "\n")
+        if checkpoint is not None:
+            write_atomic(self.path / CHECKPOINT, checkpoint)
+            self.status["checkpoint"] = {"algorithm": algorithm, "sha256": hashlib.sha256(checkpoint).hexdigest()}
+        write_atomic(self.path / METRICS, buffer.getvalue().encode())
+        self._write_status()
+
+    def finish_algorithm(self, algorithm: str, summary: dict[str, Any]) -> None:
+        """``algorithm`` is done: keep its summary, drop its checkpoint."""
+        self.status["finished"].append(algorithm)
+        self.status.setdefault("summaries", {})[algorithm] = {k: _finite_or_none(v) for k, v in summary.items()}
+        self.status["checkpoint"] = None
+        self._write_status()
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+
+    def load_checkpoint(self, algorithm: str) -> bytes | None:
+        """The verified checkpoint of ``algorithm``, or ``None`` if it had not reached its first one."""
+        record = self.status.get("checkpoint")
+        if not record or record.get("algorithm") != algorithm:
+            return None
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            raise RunDirectoryError(f"{path} is missing but status.json records it: the run directory is damaged")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != record["sha256"]:
+            raise RunDirectoryError(f"{path} is corrupted (sha256 {digest[:12]}..., expected "
+                                    f"{record['sha256'][:12]}...): it cannot be resumed; start the run again")
+        return data
+
+    def histories(self) -> list[tuple[str, dict[str, np.ndarray]]]:
+        """Every algorithm's metrics from ``metrics.csv``, as arrays."""
+        by_algorithm: dict[str, list[dict[str, str]]] = {}
+        for row in self.rows():
+            by_algorithm.setdefault(row["algorithm"], []).append(row)
+        return [(a, {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "algorithm"})
+                for a, rows in by_algorithm.items()]
+
+    def mark_complete(self) -> None:
+        self.status["complete"] = True
+        self._write_status()
