@@ -18,7 +18,7 @@ ALGORITHMS = ("divshare", "swift", "adpsgd", "dpsgd")
 TRANSPORTS = ("fifo", "shared")
 NETWORK_PRESETS = ("uniform", "stragglers", "diablo")
 TOPOLOGIES = ("ring", "torus", "exponential", "complete", "regular")
-TASKS = ("synthetic", "cifar10", "movielens")
+TASKS = ("synthetic", "cifar10", "movielens", "quadratic")
 PARTITIONS = ("kshard", "dirichlet", "iid")
 CONV_IMPLEMENTATIONS = ("auto", "xla", "im2col")
 MOVIELENS_VARIANTS = ("ml-latest-small", "ml-100k")
@@ -96,8 +96,8 @@ class TaskConfig:
     """Which learning task every node trains on (see :mod:`divjax.tasks`).
 
     Attributes:
-      name: ``synthetic`` (embedded; FedProx Synthetic(alpha, beta)), ``cifar10`` (GN-LeNet) or
-        ``movielens`` (matrix factorisation).
+      name: ``synthetic`` (embedded; FedProx Synthetic(alpha, beta)), ``cifar10`` (GN-LeNet),
+        ``movielens`` (matrix factorisation) or ``quadratic`` (least squares with a known optimum).
 
       Synthetic only:
       alpha, beta: heterogeneity of the labelling functions and of the inputs across nodes.
@@ -118,6 +118,14 @@ class TaskConfig:
       eval_nodes: evaluate this many nodes (evenly spread, node 0 included); ``None``: all, as the
         reference. Scoring 60 GN-LeNets on 10,000 images costs ~15 TFLOP: on a CPU, evaluate fewer.
       test_samples: score on the first this-many CIFAR-10 test images; ``None``: all 10,000.
+
+      Quadratic only (see divjax.tasks.quadratic):
+      dim: number of parameters d.
+      zeta: heterogeneity: node i's targets come from ``x0 + zeta u_i``, ``u_i ~ N(0, I/d)``,
+        so ``(1/n) sum_i ||grad f_i(x*)||^2`` is about ``zeta^2``.
+      sigma: standard deviation of the noise on every target (gradient noise at the optimum).
+      samples_per_node: training samples (rows of A_i) of every node.
+      tolerance: a test prediction counts as accurate within this distance of the optimum's prediction.
     """
 
     name: str = "synthetic"
@@ -136,10 +144,15 @@ class TaskConfig:
     variant: str = "ml-latest-small"
     eval_nodes: int | None = None
     test_samples: int | None = None
+    dim: int = 10
+    zeta: float = 1.0
+    sigma: float = 0.5
+    samples_per_node: int = 64
+    tolerance: float = 0.1
 
     def validate(self, nodes: int) -> None:
         _choice("task.name", self.name, TASKS)
-        for name in ("alpha", "beta", "samples_sigma_log"):
+        for name in ("alpha", "beta", "samples_sigma_log", "zeta", "sigma"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                      f"task.{name}", value, "expected a finite number >= 0")
@@ -157,7 +170,10 @@ class TaskConfig:
             _integer("task.eval_nodes", self.eval_nodes, 1, nodes)
         if self.test_samples is not None:
             _integer("task.test_samples", self.test_samples, 1, 10_000)
-        if self.name != "synthetic":
+        _integer("task.dim", self.dim, 1, 10_000)
+        _integer("task.samples_per_node", self.samples_per_node, 1)
+        _finite_positive("task.tolerance", self.tolerance)
+        if self.name not in ("synthetic", "quadratic"):
             _require(isinstance(self.data_dir, str) and bool(self.data_dir), "task.data_dir", self.data_dir,
                      f"the {self.name} task reads its data from a directory you name (--data-dir)")
             _require(Path(self.data_dir).is_dir(), "task.data_dir", self.data_dir,
@@ -376,6 +392,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 # DivShare's 128 local steps.
 TASK_PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": {},
+    "quadratic": dict(target_accuracy=0.9),
     "cifar10": dict(local_steps=128, batch_size=8, lr=0.05, step_time=2.5 / 128, duration=800.0,
                     eval_every_iterations=10, target_accuracy=0.6, network=NetworkConfig()),
     "movielens": dict(local_steps=128, batch_size=16, lr=0.1, step_time=0.01, duration=800.0,
