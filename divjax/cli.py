@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from divjax import engine, report, runner
+from divjax import claims, engine, report, reproduce, runner
+from divjax.execution import execute
 from divjax.config import (
     ALGORITHMS,
     CONV_IMPLEMENTATIONS,
@@ -30,6 +31,7 @@ from divjax.config import (
     ConfigError,
 )
 from divjax.data import DataError
+from divjax.reproduce import EXPERIMENTS, REPRODUCE_TASKS, SCALES
 from divjax.rundir import RunDirectory, RunDirectoryError
 
 DEFAULT_ALGORITHMS = ("divshare", "adpsgd", "swift")
@@ -99,7 +101,25 @@ def _parser() -> argparse.ArgumentParser:
                             description="Continue an interrupted `divjax run` from its run directory's last "
                                         "checkpoint; the result is bit-identical to an uninterrupted run.")
     resume.add_argument("directory", type=Path, help="the run directory")
-    for command in (run, resume):
+    reproduce = sub.add_parser(
+        "reproduce", help="run the paper's experiments (resumable) and write REPRODUCTION.md",
+        description="Run the paper's experiments as grids of runs (see divjax.reproduce): each (method, setting, "
+                    "seed) in its own resumable run directory under OUT/<task>-<experiment>/; running the same "
+                    "command again continues what was interrupted. Then write OUT/REPRODUCTION.md.")
+    reproduce.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                           help=f"from {', '.join(EXPERIMENTS)} (default: all)")
+    reproduce.add_argument("--task", default="cifar10", help=f"{', '.join(REPRODUCE_TASKS)} (default: cifar10)")
+    reproduce.add_argument("--data-dir", help="directory holding the task's data (cifar10, movielens)")
+    reproduce.add_argument("--scale", default="full",
+                           help=f"{', '.join(SCALES)}: the paper's configuration, a CPU-sized one with the same "
+                                "mechanisms, or seconds-long (default: full)")
+    reproduce.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per row (default: 1)")
+    reproduce.add_argument("--methods", help="comma-separated method slugs to run (default: the experiment's)")
+    reproduce.add_argument("--settings", help="comma-separated setting slugs to run (default: all)")
+    reproduce.add_argument("--out", type=Path, default=Path("reproduction"), help="default: ./reproduction")
+    reproduce.add_argument("--notes", type=Path, help="Markdown appended to REPRODUCTION.md as the discussion")
+    reproduce.add_argument("--report", action="store_true", help="only rewrite OUT/REPRODUCTION.md")
+    for command in (run, resume, reproduce):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
         command.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                              help="wall seconds between checkpoints (taken after evaluations; default: 30)")
@@ -153,40 +173,55 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
     return configs
 
 
-def execute(run: RunDirectory, progress: bool, checkpoint_seconds: float,
-            first: engine.Simulation | None = None) -> list[dict[str, Any]]:
-    """Run every algorithm of ``run`` that has not finished, from its checkpoint if it has one; return the
-    summaries of all of them. ``first``: the first algorithm's simulation, if already built."""
-    for cfg in run.configs:
-        if cfg.algorithm in run.finished:
-            continue
-        sim = first if first is not None and first.config == cfg else engine.build(cfg)
-        saved = run.load_checkpoint(cfg.algorithm)
-        resume = runner.Progress.from_bytes(sim, saved) if saved is not None else None
-        last = time.monotonic()
-
-        def save(progress_now: runner.Progress) -> None:
-            nonlocal last
-            due = time.monotonic() - last >= checkpoint_seconds
-            run.save_progress(cfg.algorithm, progress_now.entries, progress_now.to_bytes() if due else None)
-            if due:
-                last = time.monotonic()
-
-        result = runner.simulate(sim, progress=progress, resume=resume, after_evaluation=save)
-        run.finish_algorithm(cfg.algorithm, result.summary())
-    report.finalize(run)
-    return [run.status["summaries"][cfg.algorithm] for cfg in run.configs]
-
-
 def _report(run: RunDirectory, summaries: list[dict[str, Any]]) -> None:
     print()
     print(report.summary_table(summaries))
     print(f"\nwrote {run.path}/config.json, metrics.csv, summary.json, accuracy.png")
 
 
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    experiments = args.experiments or list(EXPERIMENTS)
+    try:
+        if not args.report:
+            _integer_flag("--seeds", args.seeds, 1)
+            for experiment in experiments:  # every grid is validated before the first run starts
+                reproduce.experiment_rows(experiment, args.task, args.scale, args.data_dir,
+                                          _split(args.methods), _split(args.settings))
+    except ConfigError as err:
+        parser.exit(2, f"divjax: error: {err}\n")
+    try:
+        if not args.report:
+            for experiment in experiments:
+                reproduce.run_experiment(experiment, args.task, args.out, scale=args.scale, data_dir=args.data_dir,
+                                         seeds=range(args.seeds), methods=_split(args.methods),
+                                         settings=_split(args.settings), progress=not args.no_progress,
+                                         checkpoint_seconds=args.checkpoint_every)
+        path = claims.write_report(args.out, args.notes)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to continue from the last checkpoints in {args.out}",
+              file=sys.stderr)
+        return 130
+    except (runner.DivergenceError, runner.CapacityError, RunDirectoryError, DataError, FileNotFoundError) as err:
+        print(f"divjax: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def _integer_flag(flag: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{flag}={value} is not allowed: expected an integer >= {low}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "reproduce":
+        return _reproduce(args, parser)
     first = None
     try:
         if args.command == "resume":

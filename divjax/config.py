@@ -33,10 +33,15 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
 
 
-def _finite_positive(name: str, value: Any) -> None:
+# Numbers reach the device as float32 (and products of them, e.g. bits per tick), so they are bounded well
+# inside its range: a value that would overflow to inf is refused here rather than silently simulated.
+FLOAT_LIMIT = 1e9
+
+
+def _finite_positive(name: str, value: Any, high: float = FLOAT_LIMIT) -> None:
     _require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
-        name, value, "expected a finite number > 0",
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= high,
+        name, value, f"expected a finite number in (0, {high:g}]",
     )
 
 
@@ -83,10 +88,11 @@ class NetworkConfig:
         _finite_positive("network.slowdown", self.slowdown)
         _finite_positive("network.fast_mbps", self.fast_mbps)
         _require(
-            isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms) and self.latency_ms >= 0,
-            "network.latency_ms", self.latency_ms, "expected a finite number >= 0",
+            isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms)
+            and 0 <= self.latency_ms <= FLOAT_LIMIT, "network.latency_ms", self.latency_ms,
+            f"expected a finite number in [0, {FLOAT_LIMIT:g}]",
         )
-        _integer("network.header_bytes", self.header_bytes, 0)
+        _integer("network.header_bytes", self.header_bytes, 0, 2**31 - 1)
         if self.preset == "diablo":
             _require(nodes % 10 == 0, "nodes", nodes, "the diablo preset needs a multiple of 10 (10 sites)")
 
@@ -154,10 +160,11 @@ class TaskConfig:
         _choice("task.name", self.name, TASKS)
         for name in ("alpha", "beta", "samples_sigma_log", "zeta", "sigma"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                     f"task.{name}", value, "expected a finite number >= 0")
-        _require(isinstance(self.samples_mean_log, (int, float)) and math.isfinite(self.samples_mean_log),
-                 "task.samples_mean_log", self.samples_mean_log, "expected a finite number")
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 100,
+                     f"task.{name}", value, "expected a finite number in [0, 100]")
+        _require(isinstance(self.samples_mean_log, (int, float)) and math.isfinite(self.samples_mean_log)
+                 and -20 <= self.samples_mean_log <= 20, "task.samples_mean_log", self.samples_mean_log,
+                 "expected a finite number in [-20, 20] (sample counts are capped at samples_cap anyway)")
         _integer("task.hidden", self.hidden, 0, 4096)
         _integer("task.samples_cap", self.samples_cap, 50)
         _choice("task.partition", self.partition, PARTITIONS)

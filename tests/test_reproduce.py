@@ -1,0 +1,139 @@
+"""`divjax reproduce`: the experiment grids, a tiny version of every experiment end to end, resumption, and
+the verdict rules of REPRODUCTION.md."""
+
+import csv
+import math
+
+import pytest
+
+from divjax import claims, cli, reproduce
+from divjax.config import ConfigError
+from tests.helpers import CIFAR, MOVIELENS, needs_cifar, needs_movielens
+
+EXPECTED_ROWS = {"main": 10, "degree": 12, "stragglers": 21, "diablo": 5, "transport": 6, "compute": 9}
+
+
+@pytest.mark.parametrize("experiment", reproduce.EXPERIMENTS)
+def test_grids_have_the_papers_settings(experiment):
+    rows = reproduce.experiment_rows(experiment, "synthetic", "full")
+    assert len(rows) == EXPECTED_ROWS[experiment]
+    assert len({(r.method.slug, r.setting) for r in rows}) == len(rows)
+    for row in rows:
+        assert row.config.nodes == 60 and row.config.algorithm == row.method.algorithm
+        if row.method.algorithm == "divshare":
+            assert row.config.omega == row.method.omega
+
+
+def test_settings_reach_the_configs():
+    by = {(r.method.slug, r.setting): r.config for r in reproduce.experiment_rows("stragglers", "synthetic")}
+    cfg = by[("swift", "stragglers30x10")]
+    assert (cfg.network.stragglers, cfg.network.slowdown) == (30, 10.0)
+    assert by[("adpsgd", "no-stragglers")].network.stragglers == 0
+    degree = reproduce.experiment_rows("degree", "synthetic", settings=["degree12-stragglers7x5"])
+    assert {r.config.degree for r in degree} == {12}
+    compute = reproduce.experiment_rows("compute", "synthetic", methods=["swift"])
+    assert [round(r.config.step_time * r.config.local_steps, 9) for r in compute] == [0.8, 1.6, 3.2]
+    assert reproduce.experiment_rows("transport", "synthetic", methods=["swift"])[1].config.network.transport == "shared"
+    assert {r.config.network.preset for r in reproduce.experiment_rows("diablo", "synthetic")} == {"diablo"}
+
+
+def test_tiny_scale_scales_straggler_counts_and_keeps_the_iteration_time():
+    full = reproduce.experiment_rows("main", "synthetic", "full", settings=["stragglers7x5"])[0].config
+    tiny = reproduce.experiment_rows("main", "synthetic", "tiny", settings=["stragglers7x5"])[0].config
+    assert tiny.network.stragglers == round(7 * tiny.nodes / 60)
+    assert tiny.step_time * tiny.local_steps == pytest.approx(full.step_time * full.local_steps)
+
+
+@pytest.mark.parametrize("bad", [dict(experiment="fig9"), dict(methods=["dpsgd"]), dict(settings=["stragglers8x5"]),
+                                 dict(scale="huge")])
+def test_bad_grid_arguments_are_named(bad):
+    args = dict(experiment="main", task="synthetic", scale="tiny", methods=None, settings=None) | bad
+    with pytest.raises(ConfigError, match=str(next(iter(bad.values()))).strip("[]'")):
+        reproduce.experiment_rows(args["experiment"], args["task"], args["scale"], None, args["methods"],
+                                  args["settings"])
+
+
+def _summary(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("experiment", reproduce.EXPERIMENTS)
+def test_every_experiment_runs_tiny(tmp_path, experiment):
+    code = cli.main(["reproduce", experiment, "--task", "synthetic", "--scale", "tiny", "--methods",
+                     "divshare-0.1,adpsgd", "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    where = tmp_path / f"synthetic-{experiment}"
+    rows = _summary(where / "summary.csv")
+    settings = {r.setting for r in reproduce.experiment_rows(experiment, "synthetic", "tiny")}
+    assert {r["setting"] for r in rows} == settings and {r["method"] for r in rows} == {"divshare-0.1", "adpsgd"}
+    assert all(float(r["messages_lost_to_capacity"]) == 0 for r in rows)
+    assert (where / "curves.png").stat().st_size > 0 and (where / "bars.png").stat().st_size > 0
+    assert (tmp_path / "REPRODUCTION.md").is_file()
+
+
+def test_a_reproduction_continues_where_it_stopped(tmp_path):
+    args = ["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--methods", "divshare-0.1",
+            "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args + ["--settings", "no-stragglers"]) == 0
+    first = _summary(tmp_path / "synthetic-main" / "summary.csv")
+    assert cli.main(args) == 0  # the finished row is kept, the other one runs
+    both = _summary(tmp_path / "synthetic-main" / "summary.csv")
+    assert len(first) == 1 and len(both) == 2
+    assert [r for r in both if r["setting"] == "no-stragglers"] == first
+    assert cli.main(args + ["--scale", "full"]) == 1  # another scale in the same directory is refused
+
+
+def test_bad_reproduce_arguments_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["reproduce", "main", "--task", "synthetic", "--seeds", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "--seeds=0" in capsys.readouterr().err
+
+
+@needs_movielens
+def test_movielens_main_runs_tiny(tmp_path):
+    assert cli.main(["reproduce", "main", "--task", "movielens", "--data-dir", str(MOVIELENS), "--scale", "tiny",
+                     "--methods", "divshare-0.1,swift", "--settings", "stragglers7x5", "--out", str(tmp_path),
+                     "--no-progress"]) == 0
+    report = (tmp_path / "REPRODUCTION.md").read_text()
+    assert "MovieLens test RMSE" in report
+
+
+@needs_cifar
+def test_cifar_grid_validates_at_every_scale():
+    for scale in reproduce.SCALES:
+        for experiment in reproduce.EXPERIMENTS:
+            assert reproduce.experiment_rows(experiment, "cifar10", scale, str(CIFAR))
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+def _row(method, setting, accuracy=0.5, loss=1.0, tta=100.0, task="cifar10", stragglers=7, seed=0):
+    return dict(task=task, experiment="main", scale="full", setting=setting, method=method, seed=seed,
+                stragglers=stragglers, final_mean_accuracy=accuracy, final_mean_test_loss=loss,
+                time_to_target_s=tta, target_accuracy=0.6, messages_lost_to_capacity=0, wall_seconds=1.0)
+
+
+def test_time_to_accuracy_verdicts():
+    rows = [_row("divshare-0.1", "a", tta=100.0), _row("divshare-1", "a", tta=50.0), _row("adpsgd", "a", tta=400.0),
+            _row("divshare-0.1", "b", tta=100.0), _row("adpsgd", "b", tta=150.0)]
+    finding = claims.time_to_accuracy_claim(claims.groups(rows))
+    assert finding.measured == "8.00x" and finding.where == "main/a" and finding.verdict == "reproduced"
+    slower = [_row("divshare-0.1", "a", tta=100.0), _row("adpsgd", "a", tta=200.0)]
+    assert claims.time_to_accuracy_claim(claims.groups(slower)).verdict == "partly"
+    never = [_row("divshare-0.1", "a", tta=100.0), _row("adpsgd", "a", tta=math.inf)]
+    assert claims.time_to_accuracy_claim(claims.groups(never)).verdict == "reproduced"
+    worse = [_row("divshare-0.1", "a", tta=300.0), _row("adpsgd", "a", tta=200.0)]
+    assert claims.time_to_accuracy_claim(claims.groups(worse)).verdict == "not reproduced"
+    no_stragglers = [_row("divshare-0.1", "a", tta=1.0, stragglers=0), _row("adpsgd", "a", tta=9.0, stragglers=0)]
+    assert claims.time_to_accuracy_claim(claims.groups(no_stragglers)) is None
+
+
+def test_accuracy_and_loss_verdicts_average_seeds():
+    rows = [_row("divshare-0.1", "a", accuracy=0.6, seed=0), _row("divshare-0.1", "a", accuracy=0.5, seed=1),
+            _row("adpsgd", "a", accuracy=0.45), _row("swift", "a", accuracy=0.5)]
+    finding = claims.accuracy_claim(claims.groups(rows))
+    assert finding.verdict == "reproduced"  # 0.55 vs 0.45: +10 points, +22.2 %
+    assert "+22.2 %" in finding.measured and "AD-PSGD" in finding.where
+    movielens = [_row("divshare-0.1", "a", loss=0.95, task="movielens"), _row("swift", "a", loss=1.0, task="movielens")]
+    finding = claims.loss_claim(claims.groups(movielens))
+    assert finding.measured == "up to 5.0 % lower" and finding.verdict == "partly"
