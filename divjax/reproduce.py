@@ -84,7 +84,7 @@ ITERATION_SECONDS = {"cifar10": (1.5, 2.5, 5.0), "movielens": (0.64, 1.28, 2.56)
 REDUCED: dict[str, dict[str, Any]] = {
     "cifar10": dict(local_steps=8, step_time=2.5 / 8, duration=120.0, eval_every_iterations=8,
                     target_accuracy=0.3, task=dict(eval_nodes=6, test_samples=2000)),
-    "movielens": dict(duration=200.0, backlog_slots=130),
+    "movielens": dict(duration=200.0, backlog_slots=130),  # ends at 192 s: 15 evaluations of 10 iterations
     "synthetic": dict(duration=400.0),
 }
 # Snapshot slots per node that Swift and AD-PSGD (no flush) get at full scale: enough for 800 s of backlog.
@@ -175,7 +175,15 @@ def _configure(base: Config, method: Method, setting: dict[str, Any], backlog: i
         changes["step_time"] = setting["iteration_s"] / base.local_steps
     if backlog and method.algorithm in ("swift", "adpsgd"):  # no flush: room for the stragglers' backlog
         changes.update(snapshot_slots=backlog, queue_capacity=backlog * setting.get("degree", base.degree))
-    return base.replace(**changes)
+    return _whole_evaluations(base.replace(**changes))
+
+
+def _whole_evaluations(config: Config) -> Config:
+    """End the run at its last evaluation on the grid, as the reference's last test is at the last multiple of
+    10 iterations before its time budget: a final evaluation in the middle of an iteration would score the
+    models at another phase (after local steps rather than right after mixing) than every earlier one."""
+    period = config.evaluation_period
+    return config.replace(duration=period * max(1, math.floor(config.duration / period + 1e-9)))
 
 
 def experiment_rows(experiment: str, task: str, scale: str = "full", data_dir: str | None = None,
