@@ -85,11 +85,11 @@ REDUCED: dict[str, dict[str, Any]] = {
     "cifar10": dict(local_steps=8, step_time=2.5 / 8, duration=120.0, eval_every_iterations=8,
                     target_accuracy=0.3, task=dict(eval_nodes=6, test_samples=2000)),
     "movielens": dict(duration=200.0, backlog_slots=130),  # ends at 192 s: 15 evaluations of 10 iterations
-    "synthetic": dict(duration=400.0),
+    "synthetic": dict(duration=400.0, backlog_slots=502),  # 400 s of 0.8 s iterations (the compute sweep)
 }
 # Snapshot slots per node that Swift and AD-PSGD (no flush) get at full scale: enough for 800 s of backlog.
 FULL: dict[str, dict[str, Any]] = {"cifar10": dict(backlog_slots=330), "movielens": dict(backlog_slots=630),
-                                   "synthetic": dict(backlog_slots=500)}
+                                   "synthetic": dict(backlog_slots=1002)}
 TINY: dict[str, Any] = dict(nodes=20, local_steps=2, batch_size=4, duration=8.0, eval_every_iterations=4,
                             task=dict(eval_nodes=2, test_samples=64, hidden=4, samples_mean_log=3.0,
                                                      samples_sigma_log=0.3, samples_cap=80))
