@@ -41,16 +41,20 @@ def evaluate(spec: SimSpec, p: SimParams, s: SimState, nodes: jax.Array) -> dict
         flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
         average_metrics = task.evaluate(average, flat(test.x), flat(test.y), flat(masks))
     flat_models = flatten_models(s.params)
-    consensus = jnp.mean(jnp.sum((flat_models - jnp.mean(flat_models, axis=0)) ** 2, axis=1))
     train_loss = s.train_loss_sum / jnp.maximum(s.train_loss_steps, 1)
     return {
         **{f"node_{k}": v for k, v in per_node.items()},
         **{f"average_model_{k}": v for k, v in average_metrics.items()},
-        "consensus_distance": consensus,
+        "consensus_distance": consensus_distance(flat_models),
         "train_loss": jnp.where(s.train_loss_steps > 0, train_loss, jnp.nan),
         # Divergence: a node whose model (or training loss since the last evaluation) is NaN or inf.
         "finite": jnp.all(jnp.isfinite(flat_models), axis=1) & jnp.isfinite(s.train_loss_sum),
     }
+
+
+def consensus_distance(flat_models: jax.Array) -> jax.Array:
+    """``(1/n) sum_i ||x_i - x_bar||^2`` of flat models ``[n, d]``."""
+    return jnp.mean(jnp.sum((flat_models - jnp.mean(flat_models, axis=0)) ** 2, axis=1))
 
 
 def reset_train_loss(s: SimState) -> SimState:

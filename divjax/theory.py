@@ -1,4 +1,5 @@
-"""Mixing matrices in theory: closed forms, exact finite sums, Monte Carlo, and the mixing measured from a run.
+"""Mixing matrices in theory: closed forms, exact finite sums, and Monte Carlo (what a run measures is in
+:mod:`divjax.diagnostics`).
 
 Notation. ``W`` is the random mixing matrix of one round (one coordinate): row i holds the weights node i
 gives to the models it averages, ``x <- W x``. ``Pi = I - 11^T/n`` projects off consensus. The two numbers
@@ -20,7 +21,9 @@ delivery (spec/paper.md §5.4)
     E[W] = a I + (1 - a)/(n - 1) (1 1^T - I),   a = E[1/(1+R)] = (1 - (1-q)^n) / (n q),   q = J/(n-1),
 
 doubly stochastic, with lambda_2 = a - (1 - a)/(n - 1). With stragglers (p_s < 1) E[W] is row- but not
-column-stochastic: straggler columns sum to less than 1 and its Perron vector weighs stragglers less.
+column-stochastic: straggler columns sum to less than 1 and its Perron vector weighs stragglers less. E[W]
+(not the second moment) also takes probabilities per (sender, receiver) pair: with the reference's
+stragglers, slow both ways, a fast node's copies to a straggler arrive less often than its other copies.
 
 **AD-PSGD** as the reference implements it (spec/reference-impl.md §4), in a synchronous-round
 idealisation: every node pings P = floor(J/2) peers drawn uniformly with replacement, every ping and pong
@@ -34,13 +37,13 @@ iff i is in S_s), and E[W] has the same uniform form as DivShare's with ``a = E[
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from divjax import topology as topo
-from divjax.queue import FATE_APPLIED, MessageLog
+from divjax.metrics import consensus_distance
 
 # ---------------------------------------------------------------------------------------------- spectra
 
@@ -63,6 +66,13 @@ def rho(second_moment: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(p @ ((second_moment + second_moment.T) / 2) @ p)[-1])
 
 
+def mean_nontrivial_eigenvalue(w: np.ndarray) -> float:
+    """``trace(P W P)/(n-1)`` with ``P = I - 11^T/n``: the mean eigenvalue of W off the consensus direction
+    (equal to lambda_2 when, as for DivShare's E[W], all n-1 of them coincide)."""
+    p = consensus_projector(w.shape[0])
+    return float(np.trace(p @ w @ p) / (w.shape[0] - 1))
+
+
 def consensus_second_moment(w: np.ndarray) -> np.ndarray:
     """``W^T Pi W`` of one (deterministic) mixing matrix."""
     return w.T @ consensus_projector(w.shape[0]) @ w
@@ -71,9 +81,13 @@ def consensus_second_moment(w: np.ndarray) -> np.ndarray:
 def perron_vector(w: np.ndarray) -> np.ndarray:
     """The stationary vector ``pi^T W = pi^T``, ``sum pi = 1``, of a row-stochastic (expected) W: the weight
     each node's model has in the network's fixed point ``x_inf = (pi^T x) 1``; uniform, ``1/n``, iff W is
-    doubly stochastic."""
+    doubly stochastic. All ``nan`` when it is not unique (eigenvalue 1 repeated: the network falls apart
+    into groups that never hear from one another)."""
     values, vectors = np.linalg.eig(w.T)
-    v = np.real(vectors[:, np.argmin(np.abs(values - 1.0))])
+    distance = np.abs(values - 1.0)
+    if np.sum(distance < 1e-9) > 1:
+        return np.full(w.shape[0], np.nan)
+    v = np.real(vectors[:, np.argmin(distance)])
     return v / v.sum()
 
 
@@ -109,37 +123,57 @@ def divshare_lambda2(n: int, degree: int) -> float:
     return uniform_lambda2(n, divshare_self_weight(n, degree))
 
 
+def _check_degree(n: int, degree: int) -> None:
+    if not 1 <= degree <= n - 1:
+        raise ValueError(f"degree={degree} must be in [1, n-1] for n={n}")
+
+
 def receive_probabilities(n: int, degree: int, delivery: np.ndarray | None = None) -> np.ndarray:
     """``q_s = p_s J/(n-1)``: the probability that a given other node applies sender s's copy of a
     coordinate (``delivery``: p_s per sender, all ones if omitted)."""
     p = np.ones(n) if delivery is None else np.asarray(delivery, float)
     if p.shape != (n,) or np.any(p < 0) or np.any(p > 1):
-        raise ValueError(f"delivery must hold n={n} probabilities in [0, 1], got {p!r}")
-    if not 1 <= degree <= n - 1:
-        raise ValueError(f"degree={degree} must be in [1, n-1] for n={n}")
+        raise ValueError(f"delivery must hold n={n} per-sender probabilities in [0, 1], got {p!r}")
+    _check_degree(n, degree)
     return p * degree / (n - 1)
+
+
+def delivery_matrix(n: int, delivery: np.ndarray | None = None) -> np.ndarray:
+    """``[n, n]``: ``p[s, r]``, the probability that r applies a copy s sent it, from ``delivery`` given per
+    sender (``[n]``), per (sender, receiver) pair (``[n, n]``; the diagonal is ignored) or omitted (1)."""
+    p = np.ones(n) if delivery is None else np.asarray(delivery, float)
+    if p.shape == (n,):
+        p = np.repeat(p[:, None], n, axis=1)
+    if p.shape != (n, n) or np.any(p < 0) or np.any(p > 1):
+        raise ValueError(f"delivery must hold n={n} per-sender or n x n per-pair probabilities in [0, 1], "
+                         f"got shape {p.shape}")
+    return p
 
 
 def divshare_expected_mixing(n: int, degree: int, delivery: np.ndarray | None = None) -> np.ndarray:
     """DivShare's E[W] for one coordinate.
 
-    Full delivery (``delivery=None``): ``uniform_mixing(n, a)``, the closed form above. With per-sender
-    delivery probabilities p_s, ``psi_u(t) = 1 - q_u + q_u t`` and ``G(t) = prod_u psi_u(t)``:
+    Full delivery (``delivery=None``): ``uniform_mixing(n, a)``, the closed form above. Otherwise, with
+    ``q_sr = p_sr J/(n-1)`` (:func:`delivery_matrix`: per sender or per (sender, receiver) pair),
+    ``psi_sr(t) = 1 - q_sr + q_sr t`` and ``G_r(t) = prod_{s != r} psi_sr(t)``:
 
-        E[W]_ii = E[1/(1+R_i)]     = int_0^1 G(t) / psi_i(t) dt
-        E[W]_is = E[B_is/(1+R_i)]  = q_s int_0^1 t G(t) / (psi_i(t) psi_s(t)) dt      (s != i)
+        E[W]_rr = E[1/(1+R_r)]     = int_0^1 G_r(t) dt
+        E[W]_rs = E[B_rs/(1+R_r)]  = q_sr int_0^1 t G_r(t) / psi_sr(t) dt      (s != r)
 
-    (B_is: i applies s's copy; ``1/(2 + R_{i,-s}) = int t^{1+R_{i,-s}} dt``.) Rows sum to 1; column s sums
-    to less than 1 when p_s is below the others.
+    (B_rs: r applies s's copy, independently over senders; ``1/(2 + R_{r,-s}) = int t^{1+R_{r,-s}} dt``.)
+    Rows sum to 1; column s sums to less than 1 when s's copies arrive less often than the others'.
+    Memory: ``n^3/2`` floats.
     """
     if delivery is None:
         return uniform_mixing(n, divshare_self_weight(n, degree))
-    q = receive_probabilities(n, degree, delivery)
+    _check_degree(n, degree)
+    q = delivery_matrix(n, delivery) * degree / (n - 1)
+    q[np.diag_indices(n)] = 0.0
     t, weight = _gauss01(n)
-    psi = 1.0 - q + q * t[:, None]  # [points, n]
-    g = weight * np.exp(np.log(psi).sum(axis=1))  # quadrature weight x G(t)
-    w = ((g * t)[:, None] / psi).T @ (q / psi)
-    w[np.diag_indices(n)] = (g[:, None] / psi).sum(axis=0)
+    psi = 1.0 - q + q * t[:, None, None]  # [points, sender, receiver]
+    g = weight[:, None] * np.exp(np.log(psi).sum(axis=1))  # [points, receiver]: quadrature weight x G_r(t)
+    w = np.einsum("p,pr,psr->rs", t, g, q / psi)
+    w[np.diag_indices(n)] = g.sum(axis=0)
     return w
 
 
@@ -330,14 +364,16 @@ Sampler = Callable[[np.random.Generator, int], np.ndarray]
 
 def divshare_sampler(n: int, degree: int, delivery: np.ndarray | None = None) -> Sampler:
     """Draws ``[count, n, n]`` DivShare (or Swift) matrices W of one coordinate: every sender picks J
-    distinct peers, each copy is applied with probability p_s, rows average self + applied copies."""
-    p = receive_probabilities(n, degree, delivery) * (n - 1) / degree
+    distinct peers, each copy s -> r is applied with probability ``p[s, r]`` (:func:`delivery_matrix`),
+    independently; rows average self + applied copies."""
+    _check_degree(n, degree)
+    p = delivery_matrix(n, delivery)
 
     def sample(rng: np.random.Generator, count: int) -> np.ndarray:
         keys = rng.random((count, n, n))  # [sample, sender, receiver]
         keys[:, np.arange(n), np.arange(n)] = np.inf
         kth = np.partition(keys, degree - 1, axis=2)[..., degree - 1: degree]
-        sent = (keys <= kth) & (rng.random((count, n, n)) < p[None, :, None])
+        sent = (keys <= kth) & (rng.random((count, n, n)) < p[None])
         return _average_rows(np.swapaxes(sent, 1, 2))
 
     return sample
@@ -371,7 +407,7 @@ class MonteCarloMixing:
     """Monte-Carlo estimates of E[W] and E[W^T Pi W], with standard errors.
 
     Attributes:
-      samples: number of W drawn (for each of the two passes).
+      samples: number of W in the first pass (the second holds about as many).
       mean, mean_se: E[W], entry by entry, and the standard error of each entry.
       second, second_se: E[W^T Pi W], likewise.
       lambda2, lambda2_se: ``u^T W v`` averaged over a second, independent pass, with (u, v) the top
@@ -398,15 +434,28 @@ def monte_carlo(sample: Sampler, samples: int, seed: int = 0, reference_mean: np
                 reference_second: np.ndarray | None = None, batch: int = 256) -> MonteCarloMixing:
     """Estimate E[W], E[W^T Pi W], lambda_2 and rho from ``samples`` draws of ``sample`` (two independent
     seeded passes: moments, then the two projections; see :class:`MonteCarloMixing`)."""
-    first, second_pass = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    sums = None
-    for count in _batches(samples, batch):
-        w = sample(first, count)
+    first, second = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    return estimate_mixing((sample(first, count) for count in _batches(samples, batch)),
+                           (sample(second, count) for count in _batches(samples, batch)),
+                           reference_mean, reference_second)
+
+
+def estimate_mixing(first: Iterable[np.ndarray], second: Iterable[np.ndarray],
+                    reference_mean: np.ndarray | None = None,
+                    reference_second: np.ndarray | None = None) -> MonteCarloMixing:
+    """:class:`MonteCarloMixing` from two independent sets of draws of W, each given as batches
+    ``[b, n, n]``: the moments from ``first``, the projections ``u^T W v`` and ``||Pi W Pi v||^2`` from
+    ``second`` (drawn by :func:`monte_carlo`, or measured from a run by :mod:`divjax.diagnostics`)."""
+    sums, samples = None, 0
+    for w in first:
         n = w.shape[-1]
+        samples += w.shape[0]
         pw = w - w.mean(axis=1, keepdims=True)  # Pi W
         moments = (w, np.einsum("bki,bkj->bij", pw, pw))
         stats = [x for m in moments for x in (m.sum(axis=0), (m ** 2).sum(axis=0))]
         sums = stats if sums is None else [a + b for a, b in zip(sums, stats)]
+    if sums is None:
+        raise ValueError("estimate_mixing needs at least one draw in each pass")
     (m1, m1sq, s1, s1sq) = (x / samples for x in sums)
     proj = consensus_projector(n)
     u_mat, _, vt = np.linalg.svd((m1 if reference_mean is None else reference_mean) @ proj)
@@ -414,11 +463,12 @@ def monte_carlo(sample: Sampler, samples: int, seed: int = 0, reference_mean: np
     s_ref = s1 if reference_second is None else reference_second
     top = proj @ np.linalg.eigh(proj @ ((s_ref + s_ref.T) / 2) @ proj)[1][:, -1]
     lam, contraction = [], []
-    for count in _batches(samples, batch):
-        w = sample(second_pass, count)
+    for w in second:
         lam.append(np.einsum("i,bij,j->b", u, w, v))
         moved = w @ top
         contraction.append(((moved - moved.mean(axis=1, keepdims=True)) ** 2).sum(axis=1))
+    if not lam:
+        raise ValueError("estimate_mixing needs at least one draw in each pass")
     lam, contraction = np.concatenate(lam), np.concatenate(contraction)
     return MonteCarloMixing(samples=samples, mean=m1, mean_se=_standard_error(m1, m1sq, samples), second=s1,
                             second_se=_standard_error(s1, s1sq, samples),
@@ -439,45 +489,39 @@ def _batches(total: int, batch: int) -> list[int]:
     return [min(batch, total - start) for start in range(0, total, batch)]
 
 
-# ---------------------------------------------------------------------------------------------- measured
+# ---------------------------------------------------------------------------------------------- pure averaging
 
 
-def empirical_mixing(log: MessageLog, n: int, fragments: int, mixes_per_node: np.ndarray,
-                     after_tick: float = 0.0) -> np.ndarray:
-    """E[W] measured from a run's message log, for uniform (count-rule) mixing.
+def averaging_curve(sample: Sampler, rounds: int, delayed: bool = False, dim: int = 16, repeats: int = 64,
+                    seed: int = 0) -> np.ndarray:
+    """``E[Xi_t] / E[Xi_0]``, t = 0..rounds, of pure averaging (no gradient steps) from independent N(0, 1)
+    models, ``Xi = (1/n) sum_i ||x_i - x_bar||^2``, estimated over ``repeats`` runs of ``dim`` coordinates
+    that share each round's W (one fragment).
 
-    Every (node, mixing boundary, fragment) is one draw of a row of W: ``1/(1+R)`` on the node itself and
-    on each of the R senders whose copy it applied. ``mixes_per_node[i]`` is the number of boundaries of
-    node i that count (those after ``after_tick``), including those where nothing arrived (rows of the
-    identity). Needs a log that kept every applied message.
+    * ``delayed=False``: the synchronous round of the theory, ``x_{t+1} = W_t x_t``. Then
+      ``E[Xi_{t+1} | x_t] = x_t^T Pi S Pi x_t / n <= rho Xi_t`` (S = E[W^T Pi W], W1 = 1), with equality
+      when ``Pi S Pi = rho Pi`` (DivShare with full delivery): ``E[Xi_t] = rho^t Xi_0``.
+    * ``delayed=True``: the reference's order of operations when every message arrives within the
+      iteration. A node sends its pre-aggregation model at a boundary and, at the next one, mixes the copies
+      received since, which their senders took one iteration earlier:
+      ``x_{t+1} = diag(W_t) x_t + (W_t - diag(W_t)) x_{t-1}``, ``x_{-1} = x_0``.
     """
-    count = int(log.count)
-    if count > log.capacity:
-        raise ValueError(f"the message log overflowed ({count} > {log.capacity}): raise log_messages")
-    fate = np.asarray(log.fate)[:count]
-    keep = (fate == FATE_APPLIED) & (np.asarray(log.ended)[:count] > after_tick)
-    receiver = np.asarray(log.receiver)[:count][keep]
-    sender = np.asarray(log.sender)[:count][keep]
-    ended = np.asarray(log.ended)[:count][keep]
-    fragment = np.asarray(log.fragment)[:count][keep]
-    total = np.zeros((n, n))
-    events = np.asarray(mixes_per_node, float) * fragments
-    groups: dict[tuple[int, float, int], list[int]] = {}
-    for r, t, f, s in zip(receiver, ended, fragment, sender):
-        groups.setdefault((int(r), float(t), int(f)), []).append(int(s))
-    empty = events.copy()
-    for (r, _, _), senders in groups.items():
-        weight = 1.0 / (1 + len(senders))
-        total[r, r] += weight
-        np.add.at(total[r], senders, weight)
-        empty[r] -= 1
-    total[np.arange(n), np.arange(n)] += empty
-    return total / events[:, None]
+    rng = np.random.default_rng(seed)
+    n = sample(rng, 1).shape[-1]
+    x = rng.standard_normal((repeats, n, dim))
+    previous = x
+    curve = [_mean_consensus(x)]
+    for _ in range(rounds):
+        w = sample(rng, repeats)
+        if delayed:
+            own = np.diagonal(w, axis1=1, axis2=2)[..., None]
+            x, previous = own * x + (w - own * np.eye(n)) @ previous, x
+        else:
+            x = w @ x
+        curve.append(_mean_consensus(x))
+    return np.array(curve) / curve[0]
 
 
-def mean_nontrivial_eigenvalue(w: np.ndarray) -> float:
-    """``trace(P W P)/(n-1)`` with ``P = I - 11^T/n``: the mean eigenvalue of W off the consensus direction
-    (equal to lambda_2 when, as for DivShare's E[W], all n-1 of them coincide)."""
-    n = w.shape[0]
-    p = np.eye(n) - 1.0 / n
-    return float(np.trace(p @ w @ p) / (n - 1))
+def _mean_consensus(x: np.ndarray) -> float:
+    """The consensus distance averaged over a batch of model sets ``[batch, n, dim]``."""
+    return float(consensus_distance(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1))) / x.shape[0]
