@@ -155,7 +155,7 @@ def loss_claim(gs: Sequence[Group]) -> Finding | None:
             base = g.methods[baseline]["loss"]
             reduction = (base - divshare[1]) / base
             detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
-                          f"{LABELS[baseline]} {base:.3f}: {reduction:+.1%} lower")
+                          f"{LABELS[baseline]} {base:.3f}: {_lower(reduction)}")
             scales.add(g.scale)
             if 100 * reduction > best:
                 best, where = 100 * reduction, f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
@@ -163,6 +163,10 @@ def loss_claim(gs: Sequence[Group]) -> Finding | None:
         return None
     return Finding("final MovieLens test RMSE, best DivShare vs each baseline", "up to 9.5 % lower",
                    f"up to {best:.1f} % lower", where, _verdict(best, 9.5, scales), detail)
+
+
+def _lower(reduction: float) -> str:
+    return f"{reduction:.1%} lower" if reduction >= 0 else f"{-reduction:.1%} higher"
 
 
 def _seconds(value: float) -> str:
@@ -183,7 +187,7 @@ def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:
             for method, f in g.methods.items():
                 lines.append(f"| {g.setting} | {LABELS[method]} | {f['seeds']} | {f['accuracy']:.3f} | "
                              f"{f['loss']:.3f} | {_seconds(f['time_to_target'])} (target {f['target']:.0%}) | "
-                             f"{f['lost']:,} |")
+                             f"{int(f['lost']):,} |")
         lines += ["", f"Configuration: `{info['config']}`", "",
                   f"Rerun one row: `{info['command']} --methods METHOD --settings SETTING`", ""]
     return lines
