@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--settings", help="comma-separated setting slugs to run (default: all)")
     reproduce.add_argument("--out", type=Path, default=Path("reproduction"), help="default: ./reproduction")
     reproduce.add_argument("--notes", type=Path, help="Markdown appended to REPRODUCTION.md as the discussion")
-    reproduce.add_argument("--report", action="store_true", help="only rewrite OUT/REPRODUCTION.md")
+    reproduce.add_argument("--report", action="store_true", help="run nothing: rebuild the tables, plots and "
+                                                                 "OUT/REPRODUCTION.md from the run directories")
     for command in (run, resume, reproduce):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
         command.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
@@ -200,6 +201,9 @@ def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                                          seeds=range(args.seeds), methods=_split(args.methods),
                                          settings=_split(args.settings), progress=not args.no_progress,
                                          checkpoint_seconds=args.checkpoint_every)
+        else:  # rebuild every experiment's tables and plots from its run directories
+            for info in sorted(args.out.glob(f"*/{reproduce.EXPERIMENT_FILE}")):
+                reproduce.collect(info.parent)
         path = claims.write_report(args.out, args.notes)
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to continue from the last checkpoints in {args.out}",
