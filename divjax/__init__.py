@@ -10,7 +10,7 @@ Five lines from config to metrics::
 See ``docs/semantics.md`` for exactly what is simulated.
 """
 
-from divjax import network
+from divjax import network, sharding, sweep
 from divjax.config import Config, ConfigError, NetworkConfig, TaskConfig
 from divjax.engine import Simulation, advance, build
 from divjax.report import summary_table, write_run_dir
@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config", "ConfigError", "NetworkConfig", "RunResult", "Simulation", "TaskConfig", "advance", "build",
-    "network", "run", "run_many", "simulate", "summary_table", "write_run_dir",
+    "network", "run", "run_many", "sharding", "simulate", "summary_table", "sweep", "write_run_dir",
 ]

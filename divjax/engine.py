@@ -9,8 +9,8 @@ One tick k covers simulated time ``((k-1) dt, k dt]`` and does, in this order:
 4. **release**: waiting nodes (D-PSGD) whose neighbours' models are all in mix and go on.
 
 Steps 1, 3 and 4 sit behind ``lax.cond`` so ticks where nobody steps or reaches a boundary cost almost
-nothing. Ticks run in a ``fori_loop`` inside one compiled function; the host calls it once per evaluation
-interval. See docs/semantics.md for the exact model of time.
+nothing (in a vmapped sweep too: :mod:`divjax.batching`). Ticks run in a ``fori_loop`` inside one compiled
+function; the host calls it once per evaluation interval. See docs/semantics.md for the exact model of time.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from divjax import algorithms, tasks
+from divjax import algorithms, batching, sharding, tasks
 from divjax import network as network_lib
 from divjax.config import Config, ConfigError
 from divjax.fragments import FragmentLayout, build_layout, to_fragments
@@ -61,13 +62,15 @@ class Simulation:
     layout: FragmentLayout
     data: TaskData
     eval_nodes: jax.Array
+    mesh: Mesh | None = None  # the node axis is sharded over this 1-D mesh (see divjax.sharding)
 
     @property
     def dt(self) -> float:
         return self.config.tick
 
     def initial_state(self) -> SimState:
-        return _initial_state(self.spec, self.params, self.config.seed)
+        state = _initial_state(self.spec, self.params, self.config.seed)
+        return state if self.mesh is None else sharding.place(state, self.spec.nodes, self.mesh)
 
     @property
     def step_times(self) -> np.ndarray:
@@ -273,7 +276,9 @@ def _mix_and_send(spec: SimSpec, p: SimParams, s: SimState, at_boundary: jax.Arr
 
 
 def _when(pred: jax.Array, fn, s: SimState, *args) -> SimState:
-    return jax.lax.cond(pred, lambda s: fn(s, *args), lambda s: s, s)
+    """``fn(s, *args)`` if ``pred``, else ``s``. ``fn`` is masked per node, so it leaves a sweep member with
+    nothing to do unchanged: under a sweep's ``vmap`` it runs when any member needs it."""
+    return jax.lax.cond(batching.any_member(pred), lambda s: fn(s, *args), lambda s: s, s)
 
 
 def _network(spec: SimSpec, p: SimParams, s: SimState, since: jax.Array, now: jax.Array) -> SimState:
@@ -309,10 +314,15 @@ def _tick(spec: SimSpec, p: SimParams, s: SimState) -> SimState:
     return s.replace(tick=tick)
 
 
+def run_ticks(spec: SimSpec, p: SimParams, s: SimState, ticks: jax.Array) -> SimState:
+    """``ticks`` ticks of the loop, traceable (``vmap`` it over stacked params and states: a sweep)."""
+    return jax.lax.fori_loop(0, ticks, lambda _, s: _tick(spec, p, s), s)
+
+
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
 def _advance(spec: SimSpec, p: SimParams, s: SimState, ticks: jax.Array) -> SimState:
     TRACES[spec] += 1
-    return jax.lax.fori_loop(0, ticks, lambda _, s: _tick(spec, p, s), s)
+    return run_ticks(spec, p, s, ticks)
 
 
 def advance(sim: Simulation, state: SimState, ticks: int) -> SimState:

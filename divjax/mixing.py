@@ -26,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from divjax import batching
 from divjax.fragments import to_flat
 from divjax.queue import (
     FATE_APPLIED,
@@ -97,7 +98,10 @@ def weighted_average(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, o
         # In a matmul a zero weight times a NaN payload is NaN: with a non-finite model in the ring (a
         # diverged node), only the gather form keeps it out of the receivers that did not apply it.
         dense = functools.partial(_dense_sums, spec)
-        total, weights = jax.lax.cond(jnp.all(jnp.isfinite(snapshots)), dense, gather, *args)
+        finite = jnp.all(jnp.isfinite(snapshots))
+        per_member = lambda *args: jax.lax.cond(finite, dense, gather, *args)  # noqa: E731
+        # Under a sweep's vmap the per-member cond runs both forms: only needed when some member diverged.
+        total, weights = jax.lax.cond(batching.all_members(finite), dense, per_member, *args)
     else:
         total, weights = gather(*args)
     return (self_weight[None, :, None] * own + total) / (self_weight + weights)[..., None]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from divjax import engine, metrics
+from divjax import engine, metrics, sharding
 from divjax.config import Config
 from divjax.engine import Simulation
 from divjax.network import Network
@@ -123,9 +123,9 @@ class RunResult:
 
 
 def _counters_to_numpy(counters: Counters, state: SimState) -> dict[str, np.ndarray]:
-    out = {name: np.asarray(getattr(counters, name)) for name in COUNTER_NAMES}
-    out["in_flight"] = np.asarray(state.queue.live.sum(axis=1))
-    return out
+    out = {name: getattr(counters, name) for name in COUNTER_NAMES}
+    out["in_flight"] = state.queue.live.sum(axis=1)
+    return sharding.to_host(out)
 
 
 def _history_entry(t: float, ev: dict[str, jax.Array]) -> dict[str, float]:
@@ -185,6 +185,56 @@ class Progress:
                    node_accuracy=list(np.asarray(raw["node_accuracy"])), done=int(raw["done"]))
 
 
+class Recorder:
+    """Evaluates a run's states into its :class:`Progress`, and enforces ``on_capacity`` and ``on_divergence``.
+
+    Calling it with a state appends one evaluation, calls ``after_evaluation`` (the run directory writes
+    metrics and checkpoints there) and returns the state with a fresh training-loss window.
+    """
+
+    def __init__(self, sim: Simulation, run: Progress, after_evaluation: Callable[[Progress], None] | None = None):
+        self.sim, self.run, self.after_evaluation = sim, run, after_evaluation
+        self.warned = False
+
+    def __call__(self, state: SimState) -> SimState:
+        sim, run, cfg = self.sim, self.run, self.sim.config
+        ev = sharding.to_host(metrics.evaluate(sim.spec, sim.params, state, sim.eval_nodes))
+        run.node_accuracy.append(np.asarray(ev["node_accuracy"]))
+        run.entries.append(_history_entry(int(state.tick) * sim.dt, ev))
+        run.state = metrics.reset_train_loss(state)
+        if self.after_evaluation is not None:
+            self.after_evaluation(run)
+        lost = int(state.counters.overflow_queue.sum() + state.counters.overflow_snapshot.sum())
+        if lost and cfg.on_capacity == "error":
+            raise CapacityError(f"{cfg.algorithm}: {lost} messages were lost to capacity by t = "
+                                f"{run.entries[-1]['time']:g} s ({_capacity_advice(sim)}); on_capacity='error'")
+        diverged = np.flatnonzero(~np.asarray(ev["finite"]))
+        if diverged.size and cfg.on_divergence == "stop":
+            raise DivergenceError(cfg.algorithm, diverged, run.entries[-1]["time"])
+        if diverged.size and not self.warned:
+            self.warned = True
+            warnings.warn(str(DivergenceError(cfg.algorithm, diverged, run.entries[-1]["time"])), stacklevel=3)
+        return run.state
+
+
+def evaluation_intervals(sim: Simulation, done: int) -> Iterator[int]:
+    """Ticks of each evaluation interval left after ``done`` ticks, up to ``config.duration``."""
+    total = engine.ticks_for(sim.config.duration, sim.dt)
+    chunk = engine.ticks_for(sim.config.evaluation_period, sim.dt)
+    while done < total:
+        ticks = min(chunk, total - done)
+        done += ticks
+        yield ticks
+
+
+def progress_bar(sim: Simulation, done: int, progress: bool, label: str) -> tqdm:
+    """A progress bar in simulated seconds, from ``done`` ticks to ``config.duration``."""
+    total = engine.ticks_for(sim.config.duration, sim.dt)
+    return tqdm(total=round(total * sim.dt, 6), initial=round(done * sim.dt, 6), unit="sim s",
+                disable=not progress, leave=True, desc=label,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]")
+
+
 def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None, resume: Progress | None = None,
              after_evaluation: Callable[[Progress], None] | None = None) -> RunResult:
     """Run a built simulation for ``config.duration`` simulated seconds, evaluating every
@@ -193,60 +243,40 @@ def simulate(sim: Simulation, *, progress: bool = True, label: str | None = None
     ``after_evaluation`` is called with the :class:`Progress` after every evaluation (the run directory
     writes metrics and checkpoints there); ``resume`` continues from such a progress, bit for bit.
     """
-    cfg = sim.config
     start = time.perf_counter()
     state = resume.state if resume is not None else sim.initial_state()
     state = engine.advance(sim, state, 0)  # compiles the tick loop (a no-op run)
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - start
 
-    total = engine.ticks_for(cfg.duration, sim.dt)
-    chunk = engine.ticks_for(cfg.evaluation_period, sim.dt)
+    if resume is not None:
+        resume.state = state  # the no-op run consumed (donated) the state it resumed from
     run = resume or Progress(state=state, entries=[], node_accuracy=[], done=0)
-    warned = False
-
-    def record(state: SimState) -> SimState:
-        nonlocal warned
-        ev = metrics.evaluate(sim.spec, sim.params, state, sim.eval_nodes)
-        run.node_accuracy.append(np.asarray(ev["node_accuracy"]))
-        run.entries.append(_history_entry(int(state.tick) * sim.dt, ev))
-        run.state = metrics.reset_train_loss(state)
-        if after_evaluation is not None:
-            after_evaluation(run)
-        lost = int(state.counters.overflow_queue.sum() + state.counters.overflow_snapshot.sum())
-        if lost and cfg.on_capacity == "error":
-            raise CapacityError(f"{cfg.algorithm}: {lost} messages were lost to capacity by t = "
-                                f"{run.entries[-1]['time']:g} s ({_capacity_advice(sim)}); on_capacity='error'")
-        diverged = np.flatnonzero(~np.asarray(ev["finite"]))
-        if diverged.size and cfg.on_divergence == "stop":
-            raise DivergenceError(cfg.algorithm, diverged, run.entries[-1]["time"])
-        if diverged.size and not warned:
-            warned = True
-            warnings.warn(str(DivergenceError(cfg.algorithm, diverged, run.entries[-1]["time"])), stacklevel=3)
-        return run.state
-
+    record = Recorder(sim, run, after_evaluation)
     if resume is None:
         state = record(state)
-    bar = tqdm(total=round(total * sim.dt, 6), initial=round(run.done * sim.dt, 6), unit="sim s",
-               disable=not progress, leave=True, desc=label or cfg.algorithm,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]")
-    while run.done < total:
-        ticks = min(chunk, total - run.done)
+    bar = progress_bar(sim, run.done, progress, label or sim.config.algorithm)
+    for ticks in evaluation_intervals(sim, run.done):
         state = engine.advance(sim, state, ticks)
         run.done += ticks
         state = record(state)
         bar.update(round(ticks * sim.dt, 6))
         bar.set_postfix(acc=f"{run.entries[-1]['mean_accuracy']:.3f}", refresh=False)
     bar.close()
-    wall = time.perf_counter() - start
+    return result_of(sim, run, compile_seconds, time.perf_counter() - start)
+
+
+def result_of(sim: Simulation, run: Progress, compile_seconds: float, wall_seconds: float) -> RunResult:
+    """The :class:`RunResult` of a finished run (warning if messages were lost to capacity)."""
+    cfg, state = sim.config, run.state
     history = {k: np.array([e[k] for e in run.entries]) for k in run.entries[0]}
-    iterations = np.asarray(state.iteration)
-    node_steps = int(iterations.sum()) * cfg.local_steps + int(np.asarray(state.step_in_iter).sum())
+    iterations, step_in_iter = sharding.to_host((state.iteration, state.step_in_iter))
+    node_steps = int(iterations.sum()) * cfg.local_steps + int(step_in_iter.sum())
     stragglers = np.arange(cfg.network.stragglers if cfg.network.preset == "stragglers" else 0)
     result = RunResult(config=cfg, history=history, node_accuracy=np.stack(run.node_accuracy),
                        eval_nodes=np.asarray(sim.eval_nodes),
                        counters=_counters_to_numpy(state.counters, state), iterations=iterations,
-                       stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall,
+                       stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall_seconds,
                        node_steps=node_steps, state=state)
     _warn_if_capacity_overflowed(result, sim)
     return result

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from divjax import batching
 from divjax.network import Network
 from divjax.queue import (
     FATE_FLUSHED,
@@ -129,9 +130,9 @@ def answer(queue: MessageQueue, counters: Counters, on_land: LandingHook, since:
            links: Links, fragment_bits: jax.Array, transport: str) -> tuple[MessageQueue, Counters]:
     """Queue the replies ``on_land`` makes to what lands in ``(since, until]``."""
     replies, excess = on_land(queue, since, until)
-    queue, counters = jax.lax.cond(
-        jnp.any(replies.valid), lambda: send(queue, counters, replies, links, fragment_bits, transport),
-        lambda: (queue, counters))
+    queue, counters = jax.lax.cond(  # sending nothing changes nothing: skip it unless some member sends
+        batching.any_member(jnp.any(replies.valid)),
+        lambda: send(queue, counters, replies, links, fragment_bits, transport), lambda: (queue, counters))
     return queue, counters.add(sent=excess, overflow_queue=excess)
 
 

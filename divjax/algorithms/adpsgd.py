@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from divjax import batching
 from divjax.algorithms.base import Algorithm, boundary_outbox, no_arrays
 from divjax.mixing import mix_newest
 from divjax.queue import KIND_PING, KIND_PONG, MessageQueue, Outbox
@@ -32,8 +33,8 @@ def on_land(spec: SimSpec, p: SimParams, s: SimState):
 
     def answer(queue: MessageQueue, since: jax.Array, until: jax.Array) -> tuple[Outbox, jax.Array]:
         pinged = queue.live & (queue.kind == KIND_PING) & (queue.land > since) & (queue.land <= until)
-        # Most ticks no ping lands: skip the sort then.
-        return jax.lax.cond(jnp.any(pinged), lambda: pongs_for(queue, pinged), no_pongs)
+        # Most ticks no ping lands: skip the sort then (pongs_for answers nothing when nothing is pinged).
+        return jax.lax.cond(batching.any_member(jnp.any(pinged)), lambda: pongs_for(queue, pinged), no_pongs)
 
     def no_pongs() -> tuple[Outbox, jax.Array]:
         empty = jnp.full((n, width), -1, jnp.int32)
