@@ -6,7 +6,7 @@ Layout::
     status.json        complete or not, which algorithms finished, versions, backend, config hash,
                        and the checksum of the current checkpoint
     metrics.csv        tidy: one row per algorithm x evaluation, rewritten after every evaluation
-    checkpoint.msgpack the whole simulation state of the algorithm running (models, optimiser states, queue,
+    checkpoint-<sha256>.msgpack  the whole simulation state of the algorithm running (models, optimiser states, queue,
                        clocks) and its metrics so far, after its latest evaluation
     summary.json, accuracy.png   once every algorithm has finished
 
@@ -32,7 +32,10 @@ import numpy as np
 
 from divjax.config import Config, ConfigError
 
-CONFIG, STATUS, METRICS, CHECKPOINT = "config.json", "status.json", "metrics.csv", "checkpoint.msgpack"
+CONFIG, STATUS, METRICS = "config.json", "status.json", "metrics.csv"
+# A checkpoint's file is named after its digest and written before status.json points to it, so a kill between
+# the two leaves the previous checkpoint, still named in status.json, intact; stale ones are removed after.
+CHECKPOINTS = "checkpoint-*.msgpack"
 METRIC_COLUMNS_FIRST = ("algorithm", "time")
 
 
@@ -79,6 +82,12 @@ def _csv_value(value: Any) -> str:
     return repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
 
 
+def _remove_checkpoints(path: Path, keep: str | None) -> None:
+    for stale in path.glob(CHECKPOINTS):
+        if stale.name != keep:
+            stale.unlink(missing_ok=True)
+
+
 @dataclass
 class RunDirectory:
     """A run directory on disk (see the module docstring)."""
@@ -96,8 +105,9 @@ class RunDirectory:
             if not overwrite:
                 raise RunDirectoryError(f"{path} already exists and is not empty: choose another --out, "
                                         f"continue it with `divjax resume {path}`, or pass --overwrite")
-            for name in (CONFIG, STATUS, METRICS, CHECKPOINT, "summary.json", "accuracy.png"):
+            for name in (CONFIG, STATUS, METRICS, "summary.json", "accuracy.png"):
                 (path / name).unlink(missing_ok=True)
+            _remove_checkpoints(path, keep=None)
         path.mkdir(parents=True, exist_ok=True)
         base = configs[0].to_dict()
         write_atomic(path / CONFIG, _json({"algorithms": [c.algorithm for c in configs], "config": base}))
@@ -152,16 +162,22 @@ class RunDirectory:
         kept = [r for r in self.rows() if r["algorithm"] in self.finished]
         new = [{"algorithm": algorithm, **{k: _csv_value(v) for k, v in e.items()}} for e in entries]
         rows = kept + new
-        header = list(rows[0]) if rows else list(METRIC_COLUMNS_FIRST)
+        # A fixed column order: entries restored from a checkpoint do not keep their keys' order.
+        header = list(METRIC_COLUMNS_FIRST) + sorted(set(rows[0]) - set(METRIC_COLUMNS_FIRST)) if rows else list(
+            METRIC_COLUMNS_FIRST)
         buffer = io.StringIO()
         buffer.write(",".join(header) + "\n")
         for row in rows:
             buffer.write(",".join(row[k] for k in header) + "\n")
         if checkpoint is not None:
-            write_atomic(self.path / CHECKPOINT, checkpoint)
-            self.status["checkpoint"] = {"algorithm": algorithm, "sha256": hashlib.sha256(checkpoint).hexdigest()}
+            digest = hashlib.sha256(checkpoint).hexdigest()
+            name = f"checkpoint-{digest[:16]}.msgpack"
+            write_atomic(self.path / name, checkpoint)
+            self.status["checkpoint"] = {"algorithm": algorithm, "file": name, "sha256": digest}
         write_atomic(self.path / METRICS, buffer.getvalue().encode())
         self._write_status()
+        if checkpoint is not None:
+            _remove_checkpoints(self.path, keep=self.status["checkpoint"]["file"])
 
     def finish_algorithm(self, algorithm: str, summary: dict[str, Any]) -> None:
         """``algorithm`` is done: keep its summary, drop its checkpoint."""
@@ -169,14 +185,14 @@ class RunDirectory:
         self.status.setdefault("summaries", {})[algorithm] = {k: _finite_or_none(v) for k, v in summary.items()}
         self.status["checkpoint"] = None
         self._write_status()
-        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        _remove_checkpoints(self.path, keep=None)
 
     def load_checkpoint(self, algorithm: str) -> bytes | None:
         """The verified checkpoint of ``algorithm``, or ``None`` if it had not reached its first one."""
         record = self.status.get("checkpoint")
         if not record or record.get("algorithm") != algorithm:
             return None
-        path = self.path / CHECKPOINT
+        path = self.path / record["file"]
         if not path.is_file():
             raise RunDirectoryError(f"{path} is missing but status.json records it: the run directory is damaged")
         data = path.read_bytes()

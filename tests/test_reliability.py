@@ -131,11 +131,11 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     sim = engine.build(cfg)
     runner.simulate(sim, progress=False,
                     after_evaluation=lambda p: run.save_progress(cfg.algorithm, p.entries, p.to_bytes()))
-    checkpoint = tmp_path / "run" / "checkpoint.msgpack"
+    (checkpoint,) = (tmp_path / "run").glob("checkpoint-*.msgpack")
     data = bytearray(checkpoint.read_bytes())
     data[len(data) // 2] ^= 0xFF
     checkpoint.write_bytes(bytes(data))
-    with pytest.raises(RunDirectoryError, match="checkpoint.msgpack is corrupted"):
+    with pytest.raises(RunDirectoryError, match=r"checkpoint-\w+\.msgpack is corrupted"):
         RunDirectory.open(tmp_path / "run").load_checkpoint(cfg.algorithm)
     proc = _divjax("resume", str(tmp_path / "run"), "--no-progress")
     assert proc.returncode == 1 and "is corrupted" in proc.stderr and "Traceback" not in proc.stderr

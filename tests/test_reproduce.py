@@ -82,6 +82,11 @@ def test_a_reproduction_continues_where_it_stopped(tmp_path):
     assert len(first) == 1 and len(both) == 2
     assert [r for r in both if r["setting"] == "no-stragglers"] == first
     assert cli.main(args + ["--scale", "full"]) == 1  # another scale in the same directory is refused
+    (tmp_path / "synthetic-main" / "summary.csv").unlink()
+    (tmp_path / "REPRODUCTION.md").unlink()
+    assert cli.main(["reproduce", "--report", "--out", str(tmp_path)]) == 0  # rebuilt from the run directories
+    assert _summary(tmp_path / "synthetic-main" / "summary.csv") == both
+    assert "synthetic — main" in (tmp_path / "REPRODUCTION.md").read_text()
 
 
 def test_bad_reproduce_arguments_exit_2(tmp_path, capsys):
