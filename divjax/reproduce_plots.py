@@ -66,14 +66,24 @@ def curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
             values = np.full((len(seeds), len(times)), np.nan)
             for r in mine:
                 values[seeds.index(r["seed"]), np.searchsorted(times, r["time"])] = r[column]
-            label = f"{mine[0]['method_label']}" + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else "")
-            ax.plot(times, np.nanmean(values, 0), color=COLOURS[method], label=label)
+            ax.plot(times, np.nanmean(values, 0), color=COLOURS[method], label=mine[0]["method_label"])
             if len(seeds) > 1:
                 ax.fill_between(times, np.nanmin(values, 0), np.nanmax(values, 0), color=COLOURS[method], alpha=0.2)
-        ax.set(title=setting, xlabel="simulated time (s)", ylabel=ylabel)
+        seeds = len({r["seed"] for r in here})
+        title = setting + (f"\n({seeds} seeds: mean, band min-max)" if seeds > 1 else "")
+        ax.set(title=title, xlabel="simulated time (s)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend(fig, axes)
     _save(fig, path)
+
+
+def _legend(fig, axes, **kwargs) -> None:
+    """One legend for the figure, with every method of every panel once."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=8, **kwargs)
 
 
 def bars(summaries: Sequence[dict[str, Any]], path: Path) -> None:
@@ -88,6 +98,7 @@ def bars(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     fig, axes = _figure(len(panels), height=3.8)
     fig.set_size_inches(max(6.0, 1.2 * len(settings) * len(methods) / 2.5) * len(panels), 3.8)
     width = 0.8 / len(methods)
+    labels = {s["method"]: s["method_label"] for s in summaries}
     for ax, (column, ylabel) in zip(axes, panels):
         finite = [_value(s[column]) for s in summaries if math.isfinite(_value(s[column]))]
         ceiling = 1.1 * max(finite) if finite else 1.0
@@ -98,7 +109,7 @@ def bars(summaries: Sequence[dict[str, Any]], path: Path) -> None:
                 if not values.size:
                     continue
                 x = i + (j - (len(methods) - 1) / 2) * width
-                label = next(s["method_label"] for s in summaries if s["method"] == method) if i == 0 else None
+                label = labels[method]
                 if not np.all(np.isfinite(values)):  # some seed never reached the target
                     ax.bar(x, ceiling, width, color="none", edgecolor=COLOURS[method], hatch="//", label=label)
                     continue
@@ -108,8 +119,7 @@ def bars(summaries: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right", fontsize=8)
         ax.set(ylabel=ylabel)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=8, title="hatched: never reached" if task != "movielens" else None,
-                   title_fontsize=7)
+    _legend(fig, axes, title="hatched: never\nreached" if task != "movielens" else None, title_fontsize=7)
     _save(fig, path)
 
 
