@@ -48,6 +48,11 @@ _FIELDS: list[tuple[str, str, type, str]] = [
     ("--conv", "task.conv", str, f"GN-LeNet convolutions: {', '.join(CONV_IMPLEMENTATIONS)}"),
     ("--eval-nodes", "task.eval_nodes", int, "evaluate this many nodes (evenly spread); default all"),
     ("--test-samples", "task.test_samples", int, "score on the first this-many CIFAR-10 test images; default all"),
+    ("--dim", "task.dim", int, "quadratic task: number of parameters d"),
+    ("--zeta", "task.zeta", float, "quadratic task: heterogeneity of the node optima"),
+    ("--sigma", "task.sigma", float, "quadratic task: noise on every target"),
+    ("--samples-per-node", "task.samples_per_node", int, "quadratic task: training samples of every node"),
+    ("--tolerance", "task.tolerance", float, "quadratic task: a prediction counts as accurate within this"),
     ("--nodes", "nodes", int, "number of nodes n"),
     ("--degree", "degree", int, "J: recipients per fragment (divshare, swift); J//2 pings (adpsgd); "
                                 "degree of the 'regular' topology (dpsgd)"),
