@@ -118,23 +118,28 @@ def time_to_accuracy_claim(gs: Sequence[Group]) -> Finding | None:
                    _verdict(best, 3.9, scales, neutral=1.0), detail)
 
 
+def _versus_baselines(gs: Sequence[Group], task: str, key: str, lower: bool):
+    """(group, best DivShare (method, value), baseline, baseline's value) for every baseline present in every
+    group of ``task``; ``key`` is the figure compared, ``lower`` whether less is better."""
+    for g in gs:
+        divshare = _best(g, DIVSHARE, key, lower=lower)
+        if g.task != task or divshare is None:
+            continue
+        for baseline in BASELINES:
+            if baseline in g.methods:
+                yield g, divshare, baseline, g.methods[baseline][key]
+
+
 def accuracy_claim(gs: Sequence[Group]) -> Finding | None:
     """Up to 19.4 % better CIFAR-10 accuracy than the baselines (points or relative: both are shown)."""
     detail, best, where, scales = [], -math.inf, "", set()
-    for g in gs:
-        divshare = _best(g, DIVSHARE, "accuracy", lower=False)
-        if g.task != "cifar10" or divshare is None:
-            continue
-        for baseline in BASELINES:
-            if baseline not in g.methods:
-                continue
-            base = g.methods[baseline]["accuracy"]
-            points, relative = 100 * (divshare[1] - base), (divshare[1] - base) / base if base > 0 else math.nan
-            detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
-                          f"{LABELS[baseline]} {base:.3f}: {points:+.1f} points ({relative:+.1%})")
-            scales.add(g.scale)
-            if max(points, 100 * relative) > best:
-                best, where = max(points, 100 * relative), f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
+    for g, divshare, baseline, base in _versus_baselines(gs, "cifar10", "accuracy", lower=False):
+        points, relative = 100 * (divshare[1] - base), (divshare[1] - base) / base if base > 0 else math.nan
+        detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
+                      f"{LABELS[baseline]} {base:.3f}: {points:+.1f} points ({relative:+.1%})")
+        scales.add(g.scale)
+        if max(points, 100 * relative) > best:
+            best, where = max(points, 100 * relative), f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
     if not detail:
         return None
     return Finding("final CIFAR-10 accuracy, best DivShare vs each baseline", "up to +19.4 %",
@@ -145,20 +150,13 @@ def accuracy_claim(gs: Sequence[Group]) -> Finding | None:
 def loss_claim(gs: Sequence[Group]) -> Finding | None:
     """Up to 9.5 % lower MovieLens test loss (RMSE) than the baselines."""
     detail, best, where, scales = [], -math.inf, "", set()
-    for g in gs:
-        divshare = _best(g, DIVSHARE, "loss", lower=True)
-        if g.task != "movielens" or divshare is None:
-            continue
-        for baseline in BASELINES:
-            if baseline not in g.methods:
-                continue
-            base = g.methods[baseline]["loss"]
-            reduction = (base - divshare[1]) / base
-            detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
-                          f"{LABELS[baseline]} {base:.3f}: {_lower(reduction)}")
-            scales.add(g.scale)
-            if 100 * reduction > best:
-                best, where = 100 * reduction, f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
+    for g, divshare, baseline, base in _versus_baselines(gs, "movielens", "loss", lower=True):
+        reduction = (base - divshare[1]) / base
+        detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
+                      f"{LABELS[baseline]} {base:.3f}: {_lower(reduction)}")
+        scales.add(g.scale)
+        if 100 * reduction > best:
+            best, where = 100 * reduction, f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
     if not detail:
         return None
     return Finding("final MovieLens test RMSE, best DivShare vs each baseline", "up to 9.5 % lower",
