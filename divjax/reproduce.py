@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 from divjax import execution
 from divjax.config import TRANSPORTS, Config, ConfigError
-from divjax.rundir import RunDirectory, RunDirectoryError, write_atomic
+from divjax.rundir import RunDirectory, RunDirectoryError, environment, write_atomic
 
 EXPERIMENT_FILE = "experiment.json"  # task, experiment, scale, machine, configuration, the command to rerun it
 EXPERIMENTS = ("main", "degree", "stragglers", "diablo", "transport", "compute")
@@ -265,9 +265,9 @@ def machine() -> str:
 
     import jax
 
-    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return (f"{platform.machine()} with {os.cpu_count()} cores, {jax.device_count()} x {devices} "
-            f"({jax.default_backend()}), Python {platform.python_version()}, jax {jax.__version__}")
+    env = environment()
+    return (f"{platform.machine()} with {os.cpu_count()} cores, {jax.device_count()} x {env['devices']} "
+            f"({env['backend']}), Python {env['python']}, jax {env['jax']}")
 
 
 def _open_or_create(path: Path, config: Config) -> RunDirectory:
@@ -281,7 +281,6 @@ def _open_or_create(path: Path, config: Config) -> RunDirectory:
 
 
 # ---------------------------------------------------------------------------------------------- tables
-SETTING_COLUMNS = ("nodes", "network", "stragglers", "slowdown", "degree", "transport", "iteration_s", "duration")
 SUMMARY_COLUMNS = ("final_mean_accuracy", "final_mean_test_loss", "time_to_target_s", "target_accuracy",
                    "delivery_ratio_stragglers", "delivery_ratio_fast", "messages_lost_to_capacity",
                    "mean_iterations", "wall_seconds", "compile_seconds", "node_steps_per_second")

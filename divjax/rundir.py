@@ -62,7 +62,8 @@ def config_hash(configs: Sequence[Config]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _environment() -> dict[str, str]:
+def environment() -> dict[str, str]:
+    """Versions, backend and devices of this process (recorded in every run directory)."""
     import flax
     import optax
 
@@ -112,7 +113,7 @@ class RunDirectory:
         base = configs[0].to_dict()
         write_atomic(path / CONFIG, _json({"algorithms": [c.algorithm for c in configs], "config": base}))
         run = cls(path=path, configs=list(configs), status={
-            "complete": False, "finished": [], "config_hash": config_hash(configs), "environment": _environment(),
+            "complete": False, "finished": [], "config_hash": config_hash(configs), "environment": environment(),
             "checkpoint": None})
         run._write_status()
         write_atomic(path / METRICS, b"")
