@@ -1,0 +1,315 @@
+"""Peak memory against n for each workload, next to the analytic minimum, and the largest n that fits.
+
+Every (workload, n) is measured in a fresh subprocess (peak RSS is per process): import jax and divjax
+(the runtime's RSS is recorded then), build, take the initial state, compile the tick loop once (XLA's own
+``memory_analysis`` of it is recorded), run two iteration boundaries with mixing, evaluate once, and read
+``ru_maxrss`` (and, on a GPU, the device's ``peak_bytes_in_use``). Run from the repository root::
+
+    PYTHONPATH=. python benchmarks/memory.py --data-dir-movielens ../shared/data/movielens \\
+        --data-dir-cifar10 ../shared/data/cifar10 [--workloads cifar10 --nodes 16 60] [--out STEM]
+
+**What runs.** The benchmarked config (:func:`common.workload_config`: DivShare Ω = 0.1, J = 6, 7/60
+stragglers, the task's preset K and B: every stacked shape as in a real run). To keep GN-LeNet affordable
+on CPU, the state is put right before a boundary instead of training through K steps: every node's
+``step_in_iter`` is set to K-1, so tick 1 is one vmapped local step of every node followed by boundary 1
+(snapshot, mix, flush, send); then no node steps for K ticks (``next_step_tick`` moved ahead: the network
+alone runs, messages land) and at the K-th tick every node steps again and reaches boundary 2, mixing the
+messages that landed (``applied`` > 0 is checked). Only values change, never shapes, and the memory of a
+compiled XLA program is fixed by its buffers, not by how many ticks it runs. The evaluation runs over the
+first ``task.eval_node_batch`` evaluated nodes (one ``lax.map`` block: the full evaluation's buffers, for a
+fraction of its time; CIFAR-10 scores one model at a time on the 10,000 test images).
+
+**Analytic minimum** (what any simulator of DivShare with flush must hold)::
+
+    data + n * d * 4 B * 3 + n * 2 * out_width * 16 B
+
+* 3 live model copies per node: the model being trained; the snapshot taken at its last boundary, whose
+  fragments are being sent; and the snapshot before it, because fragments of that one that landed before
+  the flush are kept by their receivers until the receivers' next boundary (with equal compute speeds a
+  receiver's boundary comes within one iteration, so no older snapshot is ever needed: 2, not S = 4).
+  Plain SGD has no optimiser state; a gradient buffer is not counted (a node-by-node loop needs only one).
+* Queue records: the two iterations' messages alive (J * m = out_width each), 16 bytes each (receiver,
+  fragment, snapshot slot, delivery time).
+* data: the bytes of ``sim.params.data`` (training shards padded to the largest, and the test sets).
+
+The ratio is peak RSS / analytic minimum; the marginal ratio compares the bytes per node (the slope
+between the two largest n, which removes the runtime's constant) with the analytic ones. The largest n
+that fits a memory budget is predicted from the measured slope and intercept of the two largest n (verify
+it with ``--nodes``); the parent stops a child whose RSS passes ``--max-rss-gib``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GIB = 1 << 30
+DEFAULT_NODES = {"synthetic": (16, 60, 256, 1024, 4096), "movielens": (16, 60, 256, 610),
+                 "cifar10": (16, 60, 256, 1024)}
+LIVE_COPIES = 3  # the trained model + the snapshot being sent + the previous one (see the docstring)
+RECORD_BYTES = 16
+BUDGET_BYTES = 24 * GIB
+
+
+# ------------------------------------------------------------------------------------------ child
+
+
+def peak_rss() -> int:
+    """This process's peak resident set so far, in bytes (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def nbytes(tree: Any) -> int:
+    import jax
+
+    return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
+
+
+def analytic_min(data_bytes: int, nodes: int, dim: int, out_width: int) -> int:
+    return data_bytes + nodes * dim * 4 * LIVE_COPIES + nodes * 2 * out_width * RECORD_BYTES
+
+
+def measure(workload: str, nodes: int, data_dir: str | None, compile_only: bool = False) -> dict[str, Any]:
+    """One measurement, in this (fresh) process; see the module docstring for what runs.
+
+    ``compile_only``: build and compile, never run (XLA's numbers for an n too large to run here).
+    """
+    start = time.perf_counter()
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.common import workload_config
+    from divjax import engine, metrics
+
+    seconds: dict[str, float] = {}
+    rss = {"runtime": peak_rss()}
+
+    def phase(name: str, begun: float) -> None:
+        seconds[name] = time.perf_counter() - begun
+        rss[name] = peak_rss()
+
+    begun = time.perf_counter()
+    sim = engine.build(workload_config(workload, nodes, data_dir))
+    spec, k = sim.spec, sim.spec.local_steps
+    state = jax.eval_shape(sim.initial_state) if compile_only else jax.block_until_ready(sim.initial_state())
+    phase("init", begun)
+    begun = time.perf_counter()
+    compiled = engine._advance.lower(spec, sim.params, state, jnp.asarray(0, jnp.int32)).compile()
+    analysis = compiled.memory_analysis()
+    phase("compile", begun)
+    eval_nodes = sim.eval_nodes[: spec.task.eval_node_batch]
+    evaluate = metrics.evaluate.lower(spec, sim.params, state, eval_nodes).compile()
+    row = {
+        "workload": workload, "nodes": nodes, "d": spec.dim, "snapshot_slots": spec.snapshot_slots,
+        "queue_capacity": spec.queue_capacity, "out_width": spec.out_width, "local_steps": k,
+        "batch_size": spec.batch_size, "backend": jax.default_backend(),
+        "conv": getattr(spec.task, "conv", ""), "mix_dense": spec.mix_dense, "compile_only": compile_only,
+        "data_bytes": nbytes(sim.params.data), "state_bytes": nbytes(state),
+        "snapshot_bytes": int(state.snapshots.nbytes),
+        "xla_temp_bytes": analysis.temp_size_in_bytes, "xla_argument_bytes": analysis.argument_size_in_bytes,
+        "xla_output_bytes": analysis.output_size_in_bytes, "xla_alias_bytes": analysis.alias_size_in_bytes,
+        "xla_eval_temp_bytes": evaluate.memory_analysis().temp_size_in_bytes,
+    }
+    # What the tick loop holds while it runs: its inputs, its temporaries, and outputs not donated.
+    row["xla_tick_loop_bytes"] = (row["xla_argument_bytes"] + row["xla_temp_bytes"] + row["xla_output_bytes"]
+                                  - row["xla_alias_bytes"])
+    row["analytic_min_bytes"] = analytic_min(row["data_bytes"], nodes, spec.dim, spec.out_width)
+    if not compile_only:
+        row.update(run_and_evaluate(sim, compiled, evaluate, state, eval_nodes, phase))
+    if jax.default_backend() != "cpu":
+        row["device_peak_bytes"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
+    row.update({f"{name}_rss_bytes": value for name, value in rss.items()})
+    row.update({f"{name}_seconds": value for name, value in seconds.items()})
+    row["peak_rss_bytes"] = peak_rss()
+    row["wall_seconds"] = time.perf_counter() - start
+    return row
+
+
+def run_and_evaluate(sim, compiled, evaluate, state, eval_nodes, phase) -> dict[str, Any]:
+    """Two boundaries with mixing (see the module docstring), then one evaluation."""
+    import jax
+    import jax.numpy as jnp
+
+    n, k = sim.spec.nodes, sim.spec.local_steps
+
+    def run(state, ticks: int):
+        return jax.block_until_ready(compiled(sim.params, state, jnp.asarray(ticks, jnp.int32)))
+
+    last_step = lambda: jnp.full(n, k - 1, jnp.int32)  # a fresh array: states are donated
+    begun = time.perf_counter()
+    state = run(state.replace(step_in_iter=last_step()), 1)  # a local step, then boundary 1
+    # The network alone for K ticks (an iteration's worth: messages land), then a step and boundary 2.
+    state = run(state.replace(step_in_iter=last_step(), next_step_tick=jnp.full(n, state.tick + k)), k)
+    assert int(state.iteration.min()) == 2, "every node should have reached two boundaries"
+    phase("run", begun)
+    row = {"ticks": 1 + k, "stepping_ticks": 2, "messages_applied": int(state.counters.applied.sum()),
+           "evaluated_nodes": int(eval_nodes.shape[0])}
+    begun = time.perf_counter()
+    try:
+        jax.block_until_ready(evaluate(sim.params, state, eval_nodes))
+    except jax.errors.JaxRuntimeError as err:  # an evaluation too big for the machine: say so, keep the rest
+        row["eval_failed"] = str(err).splitlines()[0]
+    phase("eval", begun)
+    return row
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def rss_of(pid: int) -> int:
+    """Current resident set of process ``pid`` in bytes (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_child(workload: str, nodes: int, data_dir: str | None, max_rss: int, timeout: float,
+              compile_only: bool) -> dict[str, Any]:
+    """:func:`measure` in a fresh interpreter, stopped if its RSS passes ``max_rss`` (a shared machine:
+    better a missing row than the out-of-memory killer picking some other job)."""
+    cmd = [sys.executable, __file__, "--child", workload, str(nodes)] + (["--child-data", data_dir] if data_dir else [])
+    cmd += ["--compile-only"] if compile_only else []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    start, highest, why = time.monotonic(), 0, ""
+    while proc.poll() is None:
+        highest = max(highest, rss_of(proc.pid))
+        if highest > max_rss or time.monotonic() - start > timeout:
+            why = f"RSS passed {max_rss / GIB:.1f} GiB" if highest > max_rss else f"ran past {timeout:.0f} s"
+            proc.kill()
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    if proc.returncode == 0:
+        return json.loads(out.strip().splitlines()[-1])
+    why = why or f"exit {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"
+    return {"workload": workload, "nodes": nodes, "failed": why, "peak_rss_bytes": highest}
+
+
+def measured(row: dict[str, Any]) -> bool:
+    return "failed" not in row and not row["compile_only"] and "eval_failed" not in row
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Ratios per row; per workload, the marginal bytes per node and the largest n predicted to fit."""
+    for row in rows:
+        if measured(row):
+            row["ratio"] = row["peak_rss_bytes"] / row["analytic_min_bytes"]
+    fits = {}
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        done = sorted((r for r in rows if r["workload"] == workload and measured(r)), key=lambda r: r["nodes"])
+        if len(done) < 2:
+            continue
+        a, b = done[-2], done[-1]
+        slope = (b["peak_rss_bytes"] - a["peak_rss_bytes"]) / (b["nodes"] - a["nodes"])
+        analytic_slope = (b["analytic_min_bytes"] - a["analytic_min_bytes"]) / (b["nodes"] - a["nodes"])
+        xla_slope = (b["xla_temp_bytes"] + b["xla_argument_bytes"] - a["xla_temp_bytes"]
+                     - a["xla_argument_bytes"]) / (b["nodes"] - a["nodes"])
+        b["marginal_bytes_per_node"] = slope
+        b["marginal_analytic_bytes_per_node"] = analytic_slope
+        b["marginal_ratio"] = slope / analytic_slope
+        intercept = b["peak_rss_bytes"] - slope * b["nodes"]
+        fits[workload] = {
+            "from_nodes": [a["nodes"], b["nodes"]], "bytes_per_node": slope, "intercept_bytes": intercept,
+            "analytic_bytes_per_node": analytic_slope, "xla_temp_plus_argument_bytes_per_node": xla_slope,
+            "predicted_max_nodes_24gib": int((BUDGET_BYTES - intercept) // slope) if slope > 0 else None,
+        }
+    return fits
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, workload in enumerate(dict.fromkeys(r["workload"] for r in rows)):
+        done = sorted((r for r in rows if r["workload"] == workload and measured(r)), key=lambda r: r["nodes"])
+        n = [r["nodes"] for r in done]
+        ax.loglog(n, [r["peak_rss_bytes"] / GIB for r in done], "o-", color=f"C{i}", label=f"{workload}: peak RSS")
+        ax.loglog(n, [r["analytic_min_bytes"] / GIB for r in done], "--", color=f"C{i}",
+                  label=f"{workload}: analytic minimum")
+    ax.axhline(BUDGET_BYTES / GIB, color="grey", lw=0.8, ls=":", label="24 GiB")
+    ax.set_xlabel("nodes n")
+    ax.set_ylabel("GiB")
+    ax.set_title("Peak memory of one DivShare run (CPU RSS)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = (f"{'workload':10} {'n':>6} {'peak GiB':>9} {'analytic GiB':>12} {'ratio':>6} {'marginal':>8} "
+              f"{'xla temp GiB':>12} {'wall s':>7}")
+    lines = [header]
+    for r in rows:
+        if "failed" in r:
+            lines.append(f"{r['workload']:10} {r['nodes']:>6} failed: {r['failed']}")
+            continue
+        if "eval_failed" in r:
+            lines.append(f"{r['workload']:10} {r['nodes']:>6} {r['peak_rss_bytes'] / GIB:>9.3f} "
+                         f"{r['analytic_min_bytes'] / GIB:>12.3f} evaluation failed: {r['eval_failed'][:60]}")
+            continue
+        if r["compile_only"]:
+            lines.append(f"{r['workload']:10} {r['nodes']:>6} {'(compiled only)':>9} "
+                         f"{r['analytic_min_bytes'] / GIB:>12.3f} {'':>6} {'':>8} {r['xla_temp_bytes'] / GIB:>12.3f}")
+            continue
+        marginal = f"{r['marginal_ratio']:.2f}" if "marginal_ratio" in r else ""
+        lines.append(f"{r['workload']:10} {r['nodes']:>6} {r['peak_rss_bytes'] / GIB:>9.3f} "
+                     f"{r['analytic_min_bytes'] / GIB:>12.3f} {r['ratio']:>6.2f} {marginal:>8} "
+                     f"{r['xla_temp_bytes'] / GIB:>12.3f} {r['wall_seconds']:>7.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["synthetic", "movielens", "cifar10"])
+    parser.add_argument("--nodes", nargs="+", type=int, help="these n for every workload (default: a grid each)")
+    parser.add_argument("--data-dir-movielens")
+    parser.add_argument("--data-dir-cifar10")
+    parser.add_argument("--max-rss-gib", type=float, default=22.0, help="stop a measurement whose RSS passes this")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
+    parser.add_argument("--out", default="benchmarks/results/memory_cpu", help="results stem (.csv, .json, .png)")
+    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "NODES"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-data", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-only", action="store_true",
+                        help="only build and compile (XLA's numbers for n too large to run here)")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.child_data, args.compile_only)))
+        return
+
+    from benchmarks.common import write_results
+
+    data_dirs = {"movielens": args.data_dir_movielens, "cifar10": args.data_dir_cifar10}
+    rows = []
+    for workload in args.workloads:
+        for nodes in args.nodes or DEFAULT_NODES[workload]:
+            row = run_child(workload, nodes, data_dirs.get(workload), int(args.max_rss_gib * GIB), args.timeout,
+                            args.compile_only)
+            rows.append(row)
+            print(json.dumps({k: row.get(k) for k in ("workload", "nodes", "peak_rss_bytes", "wall_seconds",
+                                                       "failed")}), flush=True)
+    fits = add_ratios(rows)
+    stem = Path(args.out)
+    write_results(stem, rows, analytic_min="data + n*d*4*3 + n*2*out_width*16", live_copies=LIVE_COPIES,
+                  fits=fits)
+    print(table(rows))
+    print(json.dumps(fits, indent=2))
+    plot(rows, stem.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
