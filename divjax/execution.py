@@ -24,13 +24,13 @@ def execute(run: RunDirectory, progress: bool = True, checkpoint_seconds: float 
             continue
         sim = first if first is not None and first.config == cfg else engine.build(cfg)
         saved = run.load_checkpoint(cfg.algorithm)
-        resume = runner.Progress.from_bytes(sim, saved) if saved is not None else None
+        resume = runner.Progress.read(sim, saved) if saved is not None else None
         last = time.monotonic()
 
         def save(progress_now: runner.Progress) -> None:
             nonlocal last
             due = time.monotonic() - last >= checkpoint_seconds
-            run.save_progress(cfg.algorithm, progress_now.entries, progress_now.to_bytes() if due else None)
+            run.save_progress(cfg.algorithm, progress_now.entries, progress_now.write if due else None)
             if due:
                 last = time.monotonic()
 

@@ -6,8 +6,9 @@ Layout::
     status.json        complete or not, which algorithms finished, versions, backend, config hash,
                        and the checksum of the current checkpoint
     metrics.csv        tidy: one row per algorithm x evaluation, rewritten after every evaluation
-    checkpoint-<sha256>.msgpack  the whole simulation state of the algorithm running (models, optimiser states, queue,
-                       clocks) and its metrics so far, after its latest evaluation
+    checkpoint-<sha256>.npz  the whole simulation state of the algorithm running (models, optimiser states, queue,
+                       clocks) and its metrics so far, after its latest evaluation (streamed to disk
+                       array by array: see :meth:`divjax.runner.Progress.write`)
     summary.json, accuracy.png   once every algorithm has finished
 
 Every file is written to a temporary name, flushed to disk, then renamed over the old one, so a run killed
@@ -25,7 +26,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import jax
 import numpy as np
@@ -35,7 +36,9 @@ from divjax.config import Config, ConfigError
 CONFIG, STATUS, METRICS = "config.json", "status.json", "metrics.csv"
 # A checkpoint's file is named after its digest and written before status.json points to it, so a kill between
 # the two leaves the previous checkpoint, still named in status.json, intact; stale ones are removed after.
-CHECKPOINTS = "checkpoint-*.msgpack"
+CHECKPOINTS = "checkpoint-*"  # the .npz ones, and the .msgpack ones of earlier versions (not resumable)
+CHECKPOINT_SUFFIX = ".npz"
+HASH_CHUNK = 1 << 24  # checkpoints are hashed 16 MiB at a time, never read whole
 METRIC_COLUMNS_FIRST = ("algorithm", "time")
 
 
@@ -51,6 +54,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_streamed(directory: Path, prefix: str, suffix: str, write: Callable[[BinaryIO], None]) -> tuple[str, str]:
+    """Let ``write`` stream a file into ``directory``, then name it ``<prefix><sha256[:16]><suffix>`` atomically.
+
+    Returns ``(name, sha256)``. Until the rename, the file only exists under a temporary name."""
+    tmp = directory / f".{prefix}writing.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = _sha256_of(tmp)
+    name = f"{prefix}{digest[:16]}{suffix}"
+    os.replace(tmp, directory / name)
+    return name, digest
 
 
 def _json(data: Any) -> bytes:
@@ -158,8 +184,10 @@ class RunDirectory:
         header = lines[0].split(",")
         return [dict(zip(header, line.split(","))) for line in lines[1:]]
 
-    def save_progress(self, algorithm: str, entries: list[dict[str, float]], checkpoint: bytes | None) -> None:
-        """After an evaluation: every finished algorithm's rows plus ``algorithm``'s so far, and its checkpoint."""
+    def save_progress(self, algorithm: str, entries: list[dict[str, float]],
+                      checkpoint: Callable[[BinaryIO], None] | None) -> None:
+        """After an evaluation: every finished algorithm's rows plus ``algorithm``'s so far, and its checkpoint
+        (``checkpoint`` streams it into an open file, e.g. :meth:`divjax.runner.Progress.write`)."""
         kept = [r for r in self.rows() if r["algorithm"] in self.finished]
         new = [{"algorithm": algorithm, **{k: _csv_value(v) for k, v in e.items()}} for e in entries]
         rows = kept + new
@@ -171,9 +199,7 @@ class RunDirectory:
         for row in rows:
             buffer.write(",".join(row[k] for k in header) + "\n")
         if checkpoint is not None:
-            digest = hashlib.sha256(checkpoint).hexdigest()
-            name = f"checkpoint-{digest[:16]}.msgpack"
-            write_atomic(self.path / name, checkpoint)
+            name, digest = write_streamed(self.path, "checkpoint-", CHECKPOINT_SUFFIX, checkpoint)
             self.status["checkpoint"] = {"algorithm": algorithm, "file": name, "sha256": digest}
         write_atomic(self.path / METRICS, buffer.getvalue().encode())
         self._write_status()
@@ -188,20 +214,22 @@ class RunDirectory:
         self._write_status()
         _remove_checkpoints(self.path, keep=None)
 
-    def load_checkpoint(self, algorithm: str) -> bytes | None:
-        """The verified checkpoint of ``algorithm``, or ``None`` if it had not reached its first one."""
+    def load_checkpoint(self, algorithm: str) -> Path | None:
+        """The path of ``algorithm``'s verified checkpoint, or ``None`` if it had not reached its first one."""
         record = self.status.get("checkpoint")
         if not record or record.get("algorithm") != algorithm:
             return None
         path = self.path / record["file"]
         if not path.is_file():
             raise RunDirectoryError(f"{path} is missing but status.json records it: the run directory is damaged")
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        if path.suffix != CHECKPOINT_SUFFIX:
+            raise RunDirectoryError(f"{path} was written by an older divjax in another format: it cannot be "
+                                    "resumed; start the run again")
+        digest = _sha256_of(path)
         if digest != record["sha256"]:
             raise RunDirectoryError(f"{path} is corrupted (sha256 {digest[:12]}..., expected "
                                     f"{record['sha256'][:12]}...): it cannot be resumed; start the run again")
-        return data
+        return path
 
     def histories(self) -> list[tuple[str, dict[str, np.ndarray]]]:
         """Every algorithm's metrics from ``metrics.csv``, as arrays."""

@@ -11,15 +11,15 @@ with the same shapes, whatever the numbers (seed, learning rate, bandwidths).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 from tqdm.auto import tqdm
 
 from divjax import engine, metrics, sharding
@@ -31,6 +31,7 @@ from divjax.state import SimState
 
 COUNTER_NAMES = ("sent", "applied", "superseded", "flushed", "overflow_queue", "overflow_snapshot",
                  "delivered", "received")
+STATE_LEAF = "state_"  # a checkpoint holds the state's leaves as arrays state_00000, state_00001, ...
 
 
 @dataclass
@@ -172,17 +173,32 @@ class Progress:
     node_accuracy: list[np.ndarray]
     done: int  # ticks simulated
 
-    def to_bytes(self) -> bytes:
-        return serialization.msgpack_serialize({
-            "state": serialization.to_state_dict(self.state), "entries": self.entries,
-            "node_accuracy": np.stack(self.node_accuracy), "done": self.done})
+    def write(self, file: BinaryIO) -> None:
+        """Write this progress to ``file`` as an uncompressed ``.npz``, one state leaf after another.
+
+        numpy streams each array into the archive in 16 MiB chunks, so a checkpoint costs no second copy of
+        the state in memory (serialising it to one ``bytes`` object first cost ~3 copies: 20 GB for the
+        MovieLens baselines' 6.5 GB snapshot ring)."""
+        leaves = {f"{STATE_LEAF}{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(self.state))}
+        np.savez(file, entries=np.array(json.dumps(self.entries)), node_accuracy=np.stack(self.node_accuracy),
+                 done=np.array(self.done), **leaves)
 
     @classmethod
-    def from_bytes(cls, sim: Simulation, data: bytes) -> "Progress":
-        raw = serialization.msgpack_restore(data)
-        state = serialization.from_state_dict(sim.initial_state(), raw["state"])
-        return cls(state=jax.tree.map(jnp.asarray, state), entries=[dict(e) for e in raw["entries"]],
-                   node_accuracy=list(np.asarray(raw["node_accuracy"])), done=int(raw["done"]))
+    def read(cls, sim: Simulation, path: str | os.PathLike) -> "Progress":
+        """The progress :meth:`write` wrote to ``path``, for ``sim`` (its leaves checked against ``sim``'s state)."""
+        like = jax.eval_shape(sim.initial_state)  # the state's structure, without allocating it
+        expected = jax.tree.leaves(like)
+        leaves = []
+        with np.load(path, allow_pickle=False) as data:
+            for i, want in enumerate(expected):
+                leaf = data[f"{STATE_LEAF}{i:05d}"]  # one leaf on the host at a time
+                if leaf.shape != want.shape or leaf.dtype != want.dtype:
+                    raise ValueError(f"{path}: a state array is {leaf.dtype}{list(leaf.shape)}, the simulation "
+                                     f"expects {want.dtype}{list(want.shape)}: not a checkpoint of this run")
+                leaves.append(jax.device_put(leaf))  # one copy (jnp.asarray makes two)
+            state = jax.tree.unflatten(jax.tree.structure(like), leaves)
+            return cls(state=state, entries=json.loads(str(data["entries"])),
+                       node_accuracy=list(data["node_accuracy"]), done=int(data["done"]))
 
 
 class Recorder:
