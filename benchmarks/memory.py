@@ -33,14 +33,19 @@ fraction of its time; CIFAR-10 scores one model at a time on the 10,000 test ima
 * data: the bytes of ``sim.params.data`` (training shards padded to the largest, and the test sets).
 
 The ratio is peak RSS / analytic minimum; the marginal ratio compares the bytes per node (the slope
-between the two largest n, which removes the runtime's constant) with the analytic ones. The largest n
-that fits a memory budget is predicted from the measured slope and intercept of the two largest n (verify
-it with ``--nodes``); the parent stops a child whose RSS passes ``--max-rss-gib``.
+between the two largest measured n, which removes the runtime's constant) with the analytic ones. The
+largest n that fits 24 GiB is predicted twice: along that measured slope, and from XLA's buffer sizes
+(``--compile-only`` rows: build and compile, never run, so n too large for the machine costs a compile)
+plus the constant the largest measured n shows on top of them; verify a prediction by measuring it with
+``--nodes`` (``--append`` keeps the rows already in ``OUT.json``). The parent stops a child whose RSS
+passes ``--max-rss-gib``: on a shared machine a missing row beats the out-of-memory killer. On a GPU the
+same command also records the device's peak (``device_peak_bytes``), in ``memory_gpu.*`` by default.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -50,12 +55,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import WORKLOADS, workload_config, write_results
+from divjax import engine, metrics
+
 GIB = 1 << 30
 DEFAULT_NODES = {"synthetic": (16, 60, 256, 1024, 4096), "movielens": (16, 60, 256, 610),
                  "cifar10": (16, 60, 256, 1024)}
 LIVE_COPIES = 3  # the trained model + the snapshot being sent + the previous one (see the docstring)
 RECORD_BYTES = 16
 BUDGET_BYTES = 24 * GIB
+DERIVED = ("ratio", "marginal_bytes_per_node", "marginal_analytic_bytes_per_node", "marginal_ratio",
+           "xla_predicted_peak_bytes")
 
 
 # ------------------------------------------------------------------------------------------ child
@@ -67,9 +80,8 @@ def peak_rss() -> int:
 
 
 def nbytes(tree: Any) -> int:
-    import jax
-
-    return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
+    """Bytes of the arrays (or shapes: ``jax.eval_shape``'s) of ``tree``."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def analytic_min(data_bytes: int, nodes: int, dim: int, out_width: int) -> int:
@@ -82,12 +94,6 @@ def measure(workload: str, nodes: int, data_dir: str | None, compile_only: bool 
     ``compile_only``: build and compile, never run (XLA's numbers for an n too large to run here).
     """
     start = time.perf_counter()
-    import jax
-    import jax.numpy as jnp
-
-    from benchmarks.common import workload_config
-    from divjax import engine, metrics
-
     seconds: dict[str, float] = {}
     rss = {"runtime": peak_rss()}
 
@@ -112,7 +118,7 @@ def measure(workload: str, nodes: int, data_dir: str | None, compile_only: bool 
         "batch_size": spec.batch_size, "backend": jax.default_backend(),
         "conv": getattr(spec.task, "conv", ""), "mix_dense": spec.mix_dense, "compile_only": compile_only,
         "data_bytes": nbytes(sim.params.data), "state_bytes": nbytes(state),
-        "snapshot_bytes": int(state.snapshots.nbytes),
+        "snapshot_bytes": nbytes(state.snapshots),
         "xla_temp_bytes": analysis.temp_size_in_bytes, "xla_argument_bytes": analysis.argument_size_in_bytes,
         "xla_output_bytes": analysis.output_size_in_bytes, "xla_alias_bytes": analysis.alias_size_in_bytes,
         "xla_eval_temp_bytes": evaluate.memory_analysis().temp_size_in_bytes,
@@ -134,9 +140,6 @@ def measure(workload: str, nodes: int, data_dir: str | None, compile_only: bool 
 
 def run_and_evaluate(sim, compiled, evaluate, state, eval_nodes, phase) -> dict[str, Any]:
     """Two boundaries with mixing (see the module docstring), then one evaluation."""
-    import jax
-    import jax.numpy as jnp
-
     n, k = sim.spec.nodes, sim.spec.local_steps
 
     def run(state, ticks: int):
@@ -193,36 +196,63 @@ def run_child(workload: str, nodes: int, data_dir: str | None, max_rss: int, tim
     if proc.returncode == 0:
         return json.loads(out.strip().splitlines()[-1])
     why = why or f"exit {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"
-    return {"workload": workload, "nodes": nodes, "failed": why, "peak_rss_bytes": highest}
+    return {"workload": workload, "nodes": nodes, "compile_only": compile_only, "failed": why,
+            "peak_rss_bytes": highest}
 
 
 def measured(row: dict[str, Any]) -> bool:
     return "failed" not in row and not row["compile_only"] and "eval_failed" not in row
 
 
-def add_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Ratios per row; per workload, the marginal bytes per node and the largest n predicted to fit."""
-    for row in rows:
-        if measured(row):
-            row["ratio"] = row["peak_rss_bytes"] / row["analytic_min_bytes"]
+def xla_model_bytes(row: dict[str, Any]) -> int:
+    """What XLA says the larger phase holds: the tick loop, or the state and data under one evaluation."""
+    evaluation = row["state_bytes"] + row["data_bytes"] + row["xla_eval_temp_bytes"]
+    return max(row["xla_tick_loop_bytes"], evaluation)
+
+
+def largest_fitting(points: list[tuple[int, float]], budget: float) -> int | None:
+    """The n where the piecewise-linear ``(n, bytes)`` curve reaches ``budget`` (extrapolated past the last)."""
+    for (n0, b0), (n1, b1) in itertools.pairwise(points):
+        if b1 > budget or (n1, b1) == points[-1]:
+            slope = (b1 - b0) / (n1 - n0)
+            return int(n0 + (budget - b0) / slope) if slope > 0 else None
+    return None
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Ratios per row; per workload, the marginal bytes per node and the largest n predicted to fit.
+
+    Two predictions: the measured peak extended along its slope between the two largest measured n, and
+    XLA's buffer sizes (:func:`xla_model_bytes`) of every row, compiled-only ones included, plus the
+    constant (runtime, compiler, allocator) that the largest measured n shows on top of them.
+    """
     fits = {}
     for workload in dict.fromkeys(r["workload"] for r in rows):
-        done = sorted((r for r in rows if r["workload"] == workload and measured(r)), key=lambda r: r["nodes"])
+        mine = sorted((r for r in rows if r["workload"] == workload and "failed" not in r), key=lambda r: r["nodes"])
+        done = [r for r in mine if measured(r)]
+        for r in done:
+            r["ratio"] = r["peak_rss_bytes"] / r["analytic_min_bytes"]
         if len(done) < 2:
             continue
         a, b = done[-2], done[-1]
         slope = (b["peak_rss_bytes"] - a["peak_rss_bytes"]) / (b["nodes"] - a["nodes"])
         analytic_slope = (b["analytic_min_bytes"] - a["analytic_min_bytes"]) / (b["nodes"] - a["nodes"])
-        xla_slope = (b["xla_temp_bytes"] + b["xla_argument_bytes"] - a["xla_temp_bytes"]
-                     - a["xla_argument_bytes"]) / (b["nodes"] - a["nodes"])
         b["marginal_bytes_per_node"] = slope
         b["marginal_analytic_bytes_per_node"] = analytic_slope
         b["marginal_ratio"] = slope / analytic_slope
         intercept = b["peak_rss_bytes"] - slope * b["nodes"]
+        constant = b["peak_rss_bytes"] - xla_model_bytes(b)
+        for r in mine:
+            r["xla_predicted_peak_bytes"] = xla_model_bytes(r) + constant
         fits[workload] = {
-            "from_nodes": [a["nodes"], b["nodes"]], "bytes_per_node": slope, "intercept_bytes": intercept,
-            "analytic_bytes_per_node": analytic_slope, "xla_temp_plus_argument_bytes_per_node": xla_slope,
-            "predicted_max_nodes_24gib": int((BUDGET_BYTES - intercept) // slope) if slope > 0 else None,
+            "slope_from_nodes": [a["nodes"], b["nodes"]], "bytes_per_node": slope, "intercept_bytes": intercept,
+            "analytic_bytes_per_node": analytic_slope, "marginal_ratio": slope / analytic_slope,
+            "max_nodes_24gib_from_slope": largest_fitting([(0, intercept), (b["nodes"], b["peak_rss_bytes"])],
+                                                          BUDGET_BYTES),
+            "constant_bytes_over_xla": constant,
+            "max_nodes_24gib_from_xla": largest_fitting(
+                [(r["nodes"], r["xla_predicted_peak_bytes"]) for r in mine], BUDGET_BYTES),
+            "largest_measured": max((r["nodes"] for r in done if r["peak_rss_bytes"] <= BUDGET_BYTES), default=None),
         }
     return fits
 
@@ -262,9 +292,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{r['workload']:10} {r['nodes']:>6} {r['peak_rss_bytes'] / GIB:>9.3f} "
                          f"{r['analytic_min_bytes'] / GIB:>12.3f} evaluation failed: {r['eval_failed'][:60]}")
             continue
-        if r["compile_only"]:
-            lines.append(f"{r['workload']:10} {r['nodes']:>6} {'(compiled only)':>9} "
-                         f"{r['analytic_min_bytes'] / GIB:>12.3f} {'':>6} {'':>8} {r['xla_temp_bytes'] / GIB:>12.3f}")
+        if r["compile_only"]:  # the peak XLA's buffers predict (see summarise), not a measurement
+            predicted = f"~{r['xla_predicted_peak_bytes'] / GIB:.3f}" if "xla_predicted_peak_bytes" in r else "?"
+            lines.append(f"{r['workload']:10} {r['nodes']:>6} {predicted:>9} {r['analytic_min_bytes'] / GIB:>12.3f} "
+                         f"{'':>6} {'':>8} {r['xla_temp_bytes'] / GIB:>12.3f}   (compiled only)")
             continue
         marginal = f"{r['marginal_ratio']:.2f}" if "marginal_ratio" in r else ""
         lines.append(f"{r['workload']:10} {r['nodes']:>6} {r['peak_rss_bytes'] / GIB:>9.3f} "
@@ -273,37 +304,51 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def key(row: dict[str, Any]) -> tuple[str, int, bool]:
+    return row["workload"], row["nodes"], row.get("compile_only", False)
+
+
+def previous_rows(stem: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier run's ``stem.json``, without what :func:`summarise` derives from them."""
+    if not stem.with_suffix(".json").exists():
+        return []
+    rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
+    return [{k: v for k, v in r.items() if k not in DERIVED} for r in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["synthetic", "movielens", "cifar10"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--nodes", nargs="+", type=int, help="these n for every workload (default: a grid each)")
     parser.add_argument("--data-dir-movielens")
     parser.add_argument("--data-dir-cifar10")
     parser.add_argument("--max-rss-gib", type=float, default=22.0, help="stop a measurement whose RSS passes this")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
-    parser.add_argument("--out", default="benchmarks/results/memory_cpu", help="results stem (.csv, .json, .png)")
+    parser.add_argument("--out", default=f"benchmarks/results/memory_{jax.default_backend()}",
+                        help="results stem (.csv, .json, .png)")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "NODES"), help=argparse.SUPPRESS)
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
     parser.add_argument("--compile-only", action="store_true",
                         help="only build and compile (XLA's numbers for n too large to run here)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in OUT.json (a row measured again replaces its old one)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child[0], int(args.child[1]), args.child_data, args.compile_only)))
         return
 
-    from benchmarks.common import write_results
-
     data_dirs = {"movielens": args.data_dir_movielens, "cifar10": args.data_dir_cifar10}
-    rows = []
+    stem = Path(args.out)
+    rows = previous_rows(stem) if args.append else []
     for workload in args.workloads:
         for nodes in args.nodes or DEFAULT_NODES[workload]:
             row = run_child(workload, nodes, data_dirs.get(workload), int(args.max_rss_gib * GIB), args.timeout,
                             args.compile_only)
-            rows.append(row)
+            rows = [r for r in rows if key(r) != key(row)] + [row]
             print(json.dumps({k: row.get(k) for k in ("workload", "nodes", "peak_rss_bytes", "wall_seconds",
                                                        "failed")}), flush=True)
-    fits = add_ratios(rows)
-    stem = Path(args.out)
+    rows.sort(key=lambda r: (WORKLOADS.index(r["workload"]), r["nodes"], r.get("compile_only", False)))
+    fits = summarise(rows)
     write_results(stem, rows, analytic_min="data + n*d*4*3 + n*2*out_width*16", live_copies=LIVE_COPIES,
                   fits=fits)
     print(table(rows))
