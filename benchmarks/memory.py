@@ -7,6 +7,9 @@ Every (workload, n) is measured in a fresh subprocess (peak RSS is per process):
 
     PYTHONPATH=. python benchmarks/memory.py --data-dir-movielens ../shared/data/movielens \\
         --data-dir-cifar10 ../shared/data/cifar10 [--workloads cifar10 --nodes 16 60] [--out STEM]
+    # n too large for this machine: XLA's buffer sizes only, added to the rows already there
+    PYTHONPATH=. python benchmarks/memory.py --workloads cifar10 --nodes 1024 10000 --compile-only --append \\
+        --data-dir-cifar10 ../shared/data/cifar10
 
 **What runs.** The benchmarked config (:func:`common.workload_config`: DivShare Ω = 0.1, J = 6, 7/60
 stragglers, the task's preset K and B: every stacked shape as in a real run). To keep GN-LeNet affordable
@@ -51,7 +54,9 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +68,11 @@ from divjax import engine, metrics
 
 GIB = 1 << 30
 DEFAULT_NODES = {"synthetic": (16, 60, 256, 1024, 4096), "movielens": (16, 60, 256, 610),
-                 "cifar10": (16, 60, 256, 1024)}
+                 "cifar10": (16, 60, 256, 512)}  # 1024 GN-LeNet nodes need ~30 GiB here: --compile-only
 LIVE_COPIES = 3  # the trained model + the snapshot being sent + the previous one (see the docstring)
 RECORD_BYTES = 16
 BUDGET_BYTES = 24 * GIB
+MIN_AVAILABLE_BYTES = GIB // 2  # stop a child before the machine's free memory runs out (a shared machine)
 DERIVED = ("ratio", "marginal_bytes_per_node", "marginal_analytic_bytes_per_node", "marginal_ratio",
            "xla_predicted_peak_bytes")
 
@@ -85,6 +91,7 @@ def nbytes(tree: Any) -> int:
 
 
 def analytic_min(data_bytes: int, nodes: int, dim: int, out_width: int) -> int:
+    """Data, three model copies per node and two iterations' message records (see the module docstring)."""
     return data_bytes + nodes * dim * 4 * LIVE_COPIES + nodes * 2 * out_width * RECORD_BYTES
 
 
@@ -138,7 +145,8 @@ def measure(workload: str, nodes: int, data_dir: str | None, compile_only: bool 
     return row
 
 
-def run_and_evaluate(sim, compiled, evaluate, state, eval_nodes, phase) -> dict[str, Any]:
+def run_and_evaluate(sim: engine.Simulation, compiled: Any, evaluate: Any, state: Any, eval_nodes: jax.Array,
+                     phase: Callable[[str, float], None]) -> dict[str, Any]:
     """Two boundaries with mixing (see the module docstring), then one evaluation."""
     n, k = sim.spec.nodes, sim.spec.local_steps
 
@@ -166,6 +174,14 @@ def run_and_evaluate(sim, compiled, evaluate, state, eval_nodes, phase) -> dict[
 # ------------------------------------------------------------------------------------------ parent
 
 
+def available() -> int:
+    """The machine's available memory in bytes (``MemAvailable``)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
 def rss_of(pid: int) -> int:
     """Current resident set of process ``pid`` in bytes (0 once it is gone)."""
     try:
@@ -179,22 +195,32 @@ def rss_of(pid: int) -> int:
 
 def run_child(workload: str, nodes: int, data_dir: str | None, max_rss: int, timeout: float,
               compile_only: bool) -> dict[str, Any]:
-    """:func:`measure` in a fresh interpreter, stopped if its RSS passes ``max_rss`` (a shared machine:
-    better a missing row than the out-of-memory killer picking some other job)."""
+    """:func:`measure` in a fresh interpreter, stopped if its RSS passes ``max_rss`` or the machine's free
+    memory runs low (a shared machine: better a missing row than the OOM killer picking another job)."""
     cmd = [sys.executable, __file__, "--child", workload, str(nodes)] + (["--child-data", data_dir] if data_dir else [])
     cmd += ["--compile-only"] if compile_only else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    start, highest, why = time.monotonic(), 0, ""
-    while proc.poll() is None:
-        highest = max(highest, rss_of(proc.pid))
-        if highest > max_rss or time.monotonic() - start > timeout:
-            why = f"RSS passed {max_rss / GIB:.1f} GiB" if highest > max_rss else f"ran past {timeout:.0f} s"
-            proc.kill()
-        time.sleep(0.1)
-    out, err = proc.communicate()
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child cannot block on it
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        start, highest, why = time.monotonic(), 0, ""
+        while proc.poll() is None:
+            highest = max(highest, rss_of(proc.pid))
+            if highest > max_rss:
+                why = f"RSS passed {max_rss / GIB:.1f} GiB"
+            elif available() < MIN_AVAILABLE_BYTES:
+                why = f"stopped at RSS {highest / GIB:.1f} GiB: the machine had under {MIN_AVAILABLE_BYTES / GIB} GiB left"
+            elif time.monotonic() - start > timeout:
+                why = f"ran past {timeout:.0f} s"
+            if why:
+                proc.kill()
+            time.sleep(0.1)
+        out = proc.stdout.read()
+        log.seek(0)
+        err = log.read()
     if proc.returncode == 0:
         return json.loads(out.strip().splitlines()[-1])
+    if not why and proc.returncode < 0:  # a signal we did not send: on Linux, most likely the OOM killer
+        why = f"killed by signal {-proc.returncode} (out of memory?) at RSS >= {highest / GIB:.1f} GiB"
     why = why or f"exit {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"
     return {"workload": workload, "nodes": nodes, "compile_only": compile_only, "failed": why,
             "peak_rss_bytes": highest}
@@ -270,7 +296,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.loglog(n, [r["peak_rss_bytes"] / GIB for r in done], "o-", color=f"C{i}", label=f"{workload}: peak RSS")
         ax.loglog(n, [r["analytic_min_bytes"] / GIB for r in done], "--", color=f"C{i}",
                   label=f"{workload}: analytic minimum")
+        guessed = [r for r in rows if r["workload"] == workload and "xla_predicted_peak_bytes" in r
+                   and r["compile_only"]]
+        if guessed:
+            ax.loglog([r["nodes"] for r in guessed], [r["xla_predicted_peak_bytes"] / GIB for r in guessed], "o",
+                      mfc="none", color=f"C{i}", label=f"{workload}: predicted from XLA (not run)")
     ax.axhline(BUDGET_BYTES / GIB, color="grey", lw=0.8, ls=":", label="24 GiB")
+    ax.set_ylim(top=max(ax.get_ylim()[1], 2 * BUDGET_BYTES / GIB))
     ax.set_xlabel("nodes n")
     ax.set_ylabel("GiB")
     ax.set_title("Peak memory of one DivShare run (CPU RSS)")
@@ -282,7 +314,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = (f"{'workload':10} {'n':>6} {'peak GiB':>9} {'analytic GiB':>12} {'ratio':>6} {'marginal':>8} "
-              f"{'xla temp GiB':>12} {'wall s':>7}")
+              f"{'xla temp GiB':>12} {'eval temp':>9} {'wall s':>7}")
     lines = [header]
     for r in rows:
         if "failed" in r:
@@ -295,12 +327,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         if r["compile_only"]:  # the peak XLA's buffers predict (see summarise), not a measurement
             predicted = f"~{r['xla_predicted_peak_bytes'] / GIB:.3f}" if "xla_predicted_peak_bytes" in r else "?"
             lines.append(f"{r['workload']:10} {r['nodes']:>6} {predicted:>9} {r['analytic_min_bytes'] / GIB:>12.3f} "
-                         f"{'':>6} {'':>8} {r['xla_temp_bytes'] / GIB:>12.3f}   (compiled only)")
+                         f"{'':>6} {'':>8} {r['xla_temp_bytes'] / GIB:>12.3f} {r['xla_eval_temp_bytes'] / GIB:>9.3f}"
+                         "   (compiled only)")
             continue
         marginal = f"{r['marginal_ratio']:.2f}" if "marginal_ratio" in r else ""
         lines.append(f"{r['workload']:10} {r['nodes']:>6} {r['peak_rss_bytes'] / GIB:>9.3f} "
                      f"{r['analytic_min_bytes'] / GIB:>12.3f} {r['ratio']:>6.2f} {marginal:>8} "
-                     f"{r['xla_temp_bytes'] / GIB:>12.3f} {r['wall_seconds']:>7.1f}")
+                     f"{r['xla_temp_bytes'] / GIB:>12.3f} {r['xla_eval_temp_bytes'] / GIB:>9.3f} {r['wall_seconds']:>7.1f}")
     return "\n".join(lines)
 
 
