@@ -15,14 +15,17 @@ import numpy as np
 
 from divjax.state import SimParams, SimSpec, SimState, flatten_models
 
+EVAL_BLOCK_ROWS = 1 << 20  # test samples scored at once, summed over the models of a block
+
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def evaluate(spec: SimSpec, p: SimParams, s: SimState, nodes: jax.Array) -> dict[str, jax.Array]:
     """Test metrics of the models of ``nodes`` (``node_*`` arrays, one entry per listed node), of the
     average model over all nodes (``average_model_*``), the consensus distance and the training loss.
 
-    Nodes are evaluated ``task.eval_node_batch`` at a time (``lax.map``), which bounds the memory of big
-    models on big test sets. A node's model is scored on its own test set, or on the shared one.
+    Nodes are evaluated ``task.eval_node_batch`` at a time, and never more than ``EVAL_BLOCK_ROWS`` test rows
+    at once (``lax.map``), which bounds the memory of big models on big test sets. A node's model is scored
+    on its own test set, or on the shared one.
     """
     task, test = spec.task, p.data.test
     masks = test.mask()
@@ -33,7 +36,10 @@ def evaluate(spec: SimSpec, p: SimParams, s: SimState, nodes: jax.Array) -> dict
         t = 0 if shared else node
         return task.evaluate(params, test.x[t], test.y[t], masks[t])
 
-    per_node = jax.lax.map(score, nodes, batch_size=min(task.eval_node_batch, nodes.shape[0]))
+    # A block scores (block x test rows) samples at once: with a shared test set that grows with n (the
+    # synthetic task's), n models at once would need memory in n^2.
+    block = min(task.eval_node_batch, nodes.shape[0], max(1, EVAL_BLOCK_ROWS // test.y.shape[1]))
+    per_node = jax.lax.map(score, nodes, batch_size=block)
     average = jax.tree.map(lambda x: jnp.mean(x, axis=0), s.params)
     if shared:
         average_metrics = task.evaluate(average, test.x[0], test.y[0], masks[0])
