@@ -51,7 +51,8 @@ RESULTS = Path(__file__).parent / "results"
 MATMUL_SIZES = (512, 1024, 2048, 4096)
 WINDOW = 8  # ticks per timed engine.advance window (an iteration of 128 ticks: 15 step-only windows + 1)
 PROTOTYPE_GROUP = 4  # nodes per vmapped group in the grouped-im2col prototype
-UNROLLED_NODES = 12  # nodes of the unrolled native-conv prototype (its compile time grows with them)
+UNROLLED_NODES = 12  # nodes of the per-node native-conv prototypes (unrolled, compile time grows with them)
+LOOPED_STEPS = 4  # steps per call of the prototype that runs them in a fori_loop
 README_EVAL = (6, 2000)  # eval nodes, test images: the README's advice for CPU runs
 
 Tree = Any
@@ -204,26 +205,36 @@ def loop_piece(sim: Simulation, conv: str) -> Timed:
     return one_round
 
 
-def stacked_step(task: Cifar10Task, lr: float, group: int, select: bool) -> Callable:
-    """A stacked local step of every node, jitted: nodes vmapped ``group`` at a time (static slices,
-    unrolled: no loop body around the convolutions), optionally with the engine's masked select."""
-    step = jax.vmap(sgd_step(task, lr))
+def stacked_step(task: Cifar10Task, lr: float, group: int, select: bool, form: str) -> Callable:
+    """A stacked local step of every node, jitted. ``form``: ``unrolled`` vmaps nodes ``group`` at a time
+    (static slices: no loop body around the convolutions); ``map`` steps one node at a time in a
+    ``lax.map`` (convolutions in a loop body); ``fori`` runs LOOPED_STEPS unrolled-form steps in a
+    ``fori_loop``, as the tick loop does. ``select`` adds the engine's masked select."""
+    step, single = jax.vmap(sgd_step(task, lr)), sgd_step(task, lr)
 
-    def run(params: Tree, opt_state: Tree, x: jax.Array, y: jax.Array, stepping: jax.Array) -> Tree:
-        parts = []
-        for lo in range(0, y.shape[0], group):
-            sl = lambda a: a[lo:lo + group]  # noqa: B023
-            parts.append(step(jax.tree.map(sl, params), jax.tree.map(sl, opt_state), sl(x), sl(y)))
-        new = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    def once(params: Tree, opt_state: Tree, x: jax.Array, y: jax.Array, stepping: jax.Array) -> Tree:
+        if form == "map":
+            new = jax.lax.map(lambda a: single(*a), (params, opt_state, x, y))
+        else:
+            parts = []
+            for lo in range(0, y.shape[0], group):
+                sl = lambda a: a[lo:lo + group]  # noqa: B023
+                parts.append(step(jax.tree.map(sl, params), jax.tree.map(sl, opt_state), sl(x), sl(y)))
+            new = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
         if select:  # as engine._local_step: nodes not stepping keep their params
             pick = lambda a, b: jnp.where(stepping.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
             new = jax.tree.map(pick, new, (params, opt_state))
         return new
 
+    def run(params: Tree, opt_state: Tree, x: jax.Array, y: jax.Array, stepping: jax.Array) -> Tree:
+        if form == "fori":
+            return jax.lax.fori_loop(0, LOOPED_STEPS, lambda _, s: once(*s, x, y, stepping), (params, opt_state))
+        return once(params, opt_state, x, y, stepping)
+
     return jax.jit(run, donate_argnums=(0, 1))
 
 
-def prototype_piece(sim: Simulation, conv: str, group: int, select: bool, n: int) -> tuple[Timed, float]:
+def prototype_piece(sim: Simulation, conv: str, group: int, select: bool, form: str, n: int) -> tuple[Timed, float]:
     """(piece, compile seconds) of :func:`stacked_step` for nodes ``0 .. n-1``, all stepping."""
     task = Cifar10Task(conv=conv)
     lr = sim.config.lr
@@ -232,16 +243,19 @@ def prototype_piece(sim: Simulation, conv: str, group: int, select: bool, n: int
     xs, ys = (a[:n] for a in node_batches(sim))
     everyone = jnp.ones(n, bool)
     start = time.perf_counter()
-    compiled = stacked_step(task, lr, group, select).lower(params, opt_state, xs, ys, everyone).compile()
+    compiled = stacked_step(task, lr, group, select, form).lower(params, opt_state, xs, ys, everyone).compile()
     compile_s = time.perf_counter() - start
     return chained(lambda s: compiled(*s, xs, ys, everyone), (params, opt_state)), compile_s
 
 
-PROTOTYPES = {  # name: (conv, nodes per vmapped group (None: all), masked select, nodes (None: all))
-    "vmap im2col, all nodes, no select": ("im2col", None, False, None),
-    f"vmap im2col in groups of {PROTOTYPE_GROUP}, masked select": ("im2col", PROTOTYPE_GROUP, True, None),
+PROTOTYPES = {  # name: (conv, nodes per vmapped group (None: all), masked select, form, nodes (None: all))
+    "vmap im2col, all nodes, no select": ("im2col", None, False, "unrolled", None),
+    f"vmap im2col, all nodes, masked select, {LOOPED_STEPS} steps in a fori_loop (per step)":
+        ("im2col", None, True, "fori", None),
+    f"vmap im2col in groups of {PROTOTYPE_GROUP}, masked select": ("im2col", PROTOTYPE_GROUP, True, "unrolled", None),
     f"native conv, one node at a time unrolled in one jit, masked select ({UNROLLED_NODES} nodes)":
-        ("xla", 1, True, UNROLLED_NODES),
+        ("xla", 1, True, "unrolled", UNROLLED_NODES),
+    f"native conv, lax.map over nodes, masked select ({UNROLLED_NODES} nodes)": ("xla", None, True, "map", UNROLLED_NODES),
 }
 
 
@@ -348,16 +362,22 @@ def markdown(r: dict[str, Any]) -> str:
         add(f"| **total** | {b['total_s']:.2f} | 100 % |")
         add(f"\nNon-training share (1 − training / total): **{100 * b['non_training_share']:.1f} %** "
             f"(target ≤ 20 %: {met(b['non_training_share'] <= 0.2)}).")
+        fast = b["evaluation_s"] / r["eval_readme_native_conv_speedup"]  # evaluation with native convolutions
+        other = b["network_queue_s"] + b["snapshot_mix_send_s"]
+        add(f"With evaluation on native convolutions (measured below, {r['eval_readme_native_conv_speedup']:.2f}× "
+            f"faster) it would be {100 * (other + fast) / (b['local_training_s'] + other + fast):.1f} %.")
     add("\n## The engine's local step against other stacked forms of it (prototypes, every node stepping)\n")
     add(f"Timed in turn with the engine's `_local_step` ({r['phase_local_step_s']:.3f} s per tick) and the loop. "
         f"One node's im2col patches take {r['im2col_patch_mb_per_node']:.1f} MB per forward pass: "
         f"{r['im2col_patch_mb_per_node'] * r['nodes']:.0f} MB for {r['nodes']} vmapped nodes, written and read "
         "again in the backward pass.\n")
-    add("| stacked local step | seconds per call | node-steps/s | vs engine step | vs loop | compile s |")
-    add("|---|---:|---:|---:|---:|---:|")
+    add("| stacked local step | seconds per call | node-steps/s | vs engine step alone | vs engine in advance "
+        "| vs loop | compile s |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
     for row in r["prototypes"]:
         add(f"| {row['name']} | {row['seconds']:.3f} | {row['node_steps_per_s']:.1f} | "
-            f"{row['speedup_over_engine_step']:.2f}× | {row['over_loop']:.2f}× | {row['compile_s']:.1f} |")
+            f"{row['speedup_over_engine_step']:.2f}× | {row['speedup_over_engine_advance']:.2f}× | "
+            f"{row['over_loop']:.2f}× | {row['compile_s']:.1f} |")
     add(f"\nEvaluation with native convolutions (one model at a time, nothing vmapped) instead of im2col, "
         f"README setting: {r['eval_readme_native_conv_s']:.1f} s against {r['eval_readme_s']:.1f} s "
         f"(**{r['eval_readme_native_conv_speedup']:.2f}×**).")
@@ -421,9 +441,9 @@ def measure(cfg: Config, repeats: int) -> dict[str, Any]:
               **phase_pieces(sim, after_one), **window_pieces(sim, after_one, repeats),
               "loop_xla": loop_piece(sim, "xla"), "loop_im2col": loop_piece(sim, "im2col")}
     compile_s = {}
-    prototype_nodes = {name: min(nodes or n, n) for name, (_, _, _, nodes) in PROTOTYPES.items()}
-    for name, (conv, group, select, _) in PROTOTYPES.items():
-        pieces[name], compile_s[name] = prototype_piece(sim, conv, group or n, select, prototype_nodes[name])
+    prototype_nodes = {name: min(nodes or n, n) for name, (*_, nodes) in PROTOTYPES.items()}
+    for name, (conv, group, select, form, _) in PROTOTYPES.items():
+        pieces[name], compile_s[name] = prototype_piece(sim, conv, group or n, select, form, prototype_nodes[name])
     t = round_robin(pieces, repeats)
     print({name: round(s, 4) for name, s in t.items()}, flush=True)
 
@@ -443,11 +463,12 @@ def measure(cfg: Config, repeats: int) -> dict[str, Any]:
     r["engine_over_loop"] = rates["engine_step"] / rates["loop_xla"]
     r["engine_advance_over_loop"] = rates["engine_advance"] / rates["loop_xla"]
     r["prototypes"] = []
-    for name, (conv, group, select, _) in PROTOTYPES.items():
-        rate = prototype_nodes[name] / t[name]
-        r["prototypes"].append({"name": name, "conv": conv, "group": group or n, "select": select,
+    for name, (conv, group, select, form, _) in PROTOTYPES.items():
+        rate = prototype_nodes[name] * (LOOPED_STEPS if form == "fori" else 1) / t[name]
+        r["prototypes"].append({"name": name, "conv": conv, "group": group or n, "select": select, "form": form,
                                 "nodes": prototype_nodes[name], "seconds": t[name], "node_steps_per_s": rate,
                                 "speedup_over_engine_step": rate / rates["engine_step"],
+                                "speedup_over_engine_advance": rate / rates["engine_advance"],
                                 "over_loop": rate / rates["loop_xla"], "compile_s": compile_s[name]})
 
     # Evaluation costs one model's pass over the test batches per scored model (the average model included;
