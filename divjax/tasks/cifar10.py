@@ -52,7 +52,10 @@ class Cifar10Task:
 
         def batch_sums(args):
             xb, yb, mb = args
-            logits = self.logits(params, xb)
+            # One model at a time (eval_node_batch = 1): native convolutions, 1.8x faster than im2col on CPU
+            # (benchmarks/roofline.py), because nothing is vmapped over nodes here. Under a sweep's vmap they
+            # become grouped convolutions again, which XLA CPU runs slowly.
+            logits = GNLeNet("xla").apply({"params": params}, _images(xb))
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return (jnp.sum(mb * (jnp.argmax(logits, -1) == yb)), jnp.sum(mb * ce), jnp.sum(mb))
 
