@@ -230,7 +230,12 @@ def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -
         # (embedding) tables, which would cost more than the row-sparse step itself.
         params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask & stepping[:, None])
     else:
-        params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask)
+        block = getattr(spec.task, "step_node_batch", None)  # bounds the transients of big per-node steps
+        if block is not None and block < spec.nodes:
+            params, opt_state, loss = jax.lax.map(lambda args: sgd_step(*args),
+                                                  (s.params, s.opt_state, x, y, mask), batch_size=block)
+        else:
+            params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask)
         params = tree_select(stepping, params, s.params)
         opt_state = tree_select(stepping, opt_state, s.opt_state)
     return s.replace(

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from divjax import engine
 from divjax.tasks import Cifar10Task, MovieLensTask, TaskData
@@ -116,3 +117,22 @@ def test_engine_trains_matrix_factorisation_with_per_node_test_sets():
     result = runner.simulate(engine.build(cfg, task=task, data=data), progress=False)
     rmse = result.history["mean_test_loss"]
     assert rmse[-1] < 0.8 * rmse[0]
+
+
+def test_gn_lenet_local_steps_in_node_blocks_equal_all_at_once():
+    """``step_node_batch`` only bounds memory: the blocked local step (lax.map) gives the vmapped numbers."""
+    rng = np.random.default_rng(0)
+    nodes = 5
+    images = rng.integers(0, 256, (nodes * 16, 32, 32, 3), np.uint8)
+    labels = rng.integers(0, 10, nodes * 16).astype(np.int32)
+    parts = [np.arange(k * 16, (k + 1) * 16) for k in range(nodes)]
+    data = TaskData(train=stack_shards(images, labels, parts), test=stack_shards(images, labels, [parts[0]]))
+    cfg = tiny(nodes=nodes, degree=2, local_steps=3, batch_size=4)
+    models = {}
+    for block in (2, 64):  # 2: three blocks (the last one short); 64: every node at once
+        sim = engine.build(cfg, task=Cifar10Task(step_node_batch=block), data=data)
+        state = engine.advance(sim, sim.initial_state(), 4)  # 3 steps, a boundary, a step
+        models[block] = np.asarray(ravel_pytree(state.params)[0])
+    np.testing.assert_allclose(models[2], models[64], rtol=0, atol=1e-6)
+    initial = engine.build(cfg, task=Cifar10Task(), data=data).initial_state().params
+    assert not np.array_equal(models[64], np.asarray(ravel_pytree(initial)[0]))  # it did train

@@ -65,7 +65,9 @@ class Task(Protocol):
       eval_node_batch: how many nodes' models are evaluated at once (bounds evaluation memory).
 
     A task may also define ``sgd_step(params, x, y, mask, lr) -> (params, loss)``, a plain-SGD step that
-    the engine then uses instead of autodiff + optax (MovieLens's row-sparse embedding update).
+    the engine then uses instead of autodiff + optax (MovieLens's row-sparse embedding update), and
+    ``step_node_batch``: take local steps that many nodes at a time rather than all at once (bounds the
+    transient memory of models whose step needs much of it, as GN-LeNet's im2col patches).
     """
 
     name: str

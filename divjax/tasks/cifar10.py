@@ -34,6 +34,9 @@ class Cifar10Task:
     conv: str = "im2col"
     name: str = "cifar10"
     eval_node_batch: int = 1  # 10,000 images x one model at a time bounds evaluation memory
+    # Local steps run this many nodes at a time: a vmapped im2col step holds ~25 MB of patches and their
+    # gradients per node (31 GB at n = 1,024 at once); blocks of 64 cost no speed (benchmarks/roofline.py).
+    step_node_batch: int = 64
 
     def init_params(self, key: jax.Array) -> Params:
         return GNLeNet(self.conv).init(key, jnp.zeros((1, 32, 32, 3)))["params"]
