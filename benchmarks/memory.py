@@ -337,8 +337,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def key(row: dict[str, Any]) -> tuple[str, int, bool]:
-    return row["workload"], row["nodes"], row.get("compile_only", False)
+def key(row: dict[str, Any]) -> tuple[str, int]:
+    """One row per (workload, n): a new measurement, run or compiled only, replaces the old one."""
+    return row["workload"], row["nodes"]
 
 
 def previous_rows(stem: Path) -> list[dict[str, Any]]:
