@@ -98,5 +98,6 @@ def stack_shards(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray]) -> NodeS
     for k, part in enumerate(parts):
         xs[k, : len(part)], ys[k, : len(part)] = x[part], y[part]
     sizes = np.array([len(part) for part in parts], np.int32)
-    return NodeShards(x=jnp.asarray(xs), y=jnp.asarray(ys), sizes=jnp.asarray(sizes),
+    # device_put, not jnp.asarray: on CPU the latter makes two copies of what can be gigabytes of padding.
+    return NodeShards(x=jax.device_put(xs), y=jax.device_put(ys), sizes=jnp.asarray(sizes),
                       size_floor=int(sizes.min()))
