@@ -27,6 +27,12 @@ def _images(x: jax.Array) -> jax.Array:
     return (x.astype(jnp.float32) / 255.0 - 0.5) / 0.5
 
 
+# The im2col step runs this many nodes at a time: a vmapped im2col step holds ~25 MB of patches and their
+# gradients per node (31 GB at n = 1,024 at once), and blocks of 64 cost no speed on CPU. Native convolutions
+# (accelerators) have no patches: their steps stay vmapped over every node at once.
+IM2COL_STEP_NODES = 64
+
+
 @dataclass(frozen=True)
 class Cifar10Task:
     """GN-LeNet on CIFAR-10. ``conv`` picks the convolution implementation (same numbers either way)."""
@@ -34,9 +40,7 @@ class Cifar10Task:
     conv: str = "im2col"
     name: str = "cifar10"
     eval_node_batch: int = 1  # 10,000 images x one model at a time bounds evaluation memory
-    # Local steps run this many nodes at a time: a vmapped im2col step holds ~25 MB of patches and their
-    # gradients per node (31 GB at n = 1,024 at once); blocks of 64 cost no speed (benchmarks/roofline.py).
-    step_node_batch: int = 64
+    step_node_batch: int | None = None  # local steps this many nodes at a time (None: all at once)
 
     def init_params(self, key: jax.Array) -> Params:
         return GNLeNet(self.conv).init(key, jnp.zeros((1, 32, 32, 3)))["params"]
@@ -89,4 +93,5 @@ def build(cfg: TaskConfig, nodes: int, conv: str) -> tuple[Cifar10Task, TaskData
     count = cfg.test_samples or len(data.y_test)
     test = NodeShards(x=jnp.asarray(data.x_test[None, :count]), y=jnp.asarray(data.y_test[None, :count], jnp.int32),
                       sizes=jnp.asarray([count], jnp.int32))
-    return Cifar10Task(conv=conv), TaskData(train=train, test=test)
+    block = IM2COL_STEP_NODES if conv == "im2col" else None
+    return Cifar10Task(conv=conv, step_node_batch=block), TaskData(train=train, test=test)
