@@ -10,10 +10,12 @@ takes Metropolis weights (which sum to one).
 The snapshot ring is fragment-major, ``[m, n, S, L]``, and there are two implementations of the sum, which
 give the same numbers up to float rounding (tested):
 
-* ``dense``: per fragment, the ``[n, n*S]`` matrix of weights of which (sender, slot) each receiver applies,
-  times the ring's ``[n*S, L]`` rows: one batched matmul. Its cost grows as n^2, but dense matmuls are
-  what CPUs do best: it is the faster form for small n. (While the ring holds a non-finite value, the
-  gather form runs instead: a matmul would spread it through zero weights.)
+* ``dense``: per ring slot and fragment, the ``[n, n]`` matrix of weights of which sender each receiver
+  applies, times that slot's ``[n, L]`` rows: one batched matmul per slot that any applied record points
+  at (the others are skipped: DivShare's applied records mostly sit in one slot of its ring). Its cost
+  grows as n^2, but dense matmuls are what CPUs do best: it is the faster form for small n. (Where a
+  payload is not finite the dense sum is not finite either, since a matmul spreads it through zero
+  weights; the gather form then runs instead.)
 * ``gather``: the applied records are compacted first, then their payloads are gathered and scattered into
   the receivers' sums a block at a time; the cost follows the records actually applied (about n*J*d floats
   per round) and the transient memory is one block. The form for large n.
@@ -50,12 +52,21 @@ def choose_dense(choice: str, nodes: int, slots: int) -> bool:
 def _dense_sums(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, apply: jax.Array,
                 weight: jax.Array) -> tuple[jax.Array, jax.Array]:
     n, slots = spec.nodes, spec.snapshot_slots
-    column = jnp.arange(n)[:, None] * slots + queue.slot  # (sender, slot) as a row of the ring
-    weights = jnp.zeros((spec.fragments, n, n * slots), jnp.float32).at[
-        queue.fragment, queue.receiver, column].add(jnp.where(apply, weight, 0.0))
-    ring = snapshots.reshape(spec.fragments, n * slots, spec.fragment_width)
-    total = jnp.einsum("frk,fkl->frl", weights, ring, precision=jax.lax.Precision.HIGHEST)
-    return total, jnp.sum(weights, axis=2)
+    sender = jnp.broadcast_to(jnp.arange(n)[:, None], queue.slot.shape)
+    weights = jnp.zeros((slots, spec.fragments, n, n), jnp.float32).at[
+        queue.slot, queue.fragment, queue.receiver, sender].add(jnp.where(apply, weight, 0.0))
+    active = jnp.zeros(slots, bool).at[queue.slot].max(apply)
+
+    def add_slot(slot, total):
+        def add(total):
+            ring = jax.lax.dynamic_index_in_dim(snapshots, slot, axis=2, keepdims=False)  # [m, n, L]
+            return total + jnp.einsum("frk,fkl->frl", weights[slot], ring, precision=jax.lax.Precision.HIGHEST)
+        # Memory-bound: each slot's matmul reads all n models, so slots nobody applies are not read.
+        return jax.lax.cond(batching.any_member(active[slot]), add, lambda total: total, total)
+
+    total = jax.lax.fori_loop(0, slots, add_slot,
+                              jnp.zeros((spec.fragments, n, spec.fragment_width), jnp.float32))
+    return total, jnp.sum(weights, axis=(0, 3))
 
 
 def _gather_sums(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, apply: jax.Array,
@@ -95,12 +106,13 @@ def weighted_average(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, o
     args = (snapshots, queue, apply, weight)
     gather = functools.partial(_gather_sums, spec)
     if spec.mix_dense:
-        # In a matmul a zero weight times a NaN payload is NaN: with a non-finite model in the ring (a
-        # diverged node), only the gather form keeps it out of the receivers that did not apply it.
-        dense = functools.partial(_dense_sums, spec)
-        finite = jnp.all(jnp.isfinite(snapshots))
+        total, weights = _dense_sums(spec, *args)
+        # In a matmul a zero weight times a NaN payload is NaN: a non-finite model in the ring (a diverged
+        # node) makes the dense sum non-finite, and only the gather form keeps it out of the receivers that
+        # did not apply it. Under a sweep's vmap the per-member cond runs both: only when some member diverged.
+        finite = jnp.all(jnp.isfinite(total))
+        dense = lambda *_: (total, weights)  # noqa: E731
         per_member = lambda *args: jax.lax.cond(finite, dense, gather, *args)  # noqa: E731
-        # Under a sweep's vmap the per-member cond runs both forms: only needed when some member diverged.
         total, weights = jax.lax.cond(batching.all_members(finite), dense, per_member, *args)
     else:
         total, weights = gather(*args)

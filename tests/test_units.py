@@ -77,6 +77,31 @@ def test_batch_plan_visits_each_sample_once_per_epoch():
     assert idx[:4][mask[:4]].tolist() != idx[4:8][mask[4:8]].tolist()  # reshuffled each epoch
 
 
+def test_plans_drawn_per_size_group_equal_plans_drawn_at_the_largest_width():
+    """The engine draws each group of shard sizes at its own width; every node gets the plan it would get
+    from shuffling the largest shard (as the event-driven reference draws it)."""
+    import dataclasses
+
+    from divjax import engine
+    from tests.helpers import tiny
+
+    sim = engine.build(tiny(nodes=10, local_steps=5, batch_size=3))
+    sizes = jnp.asarray([1, 2, 3, 5, 7, 9, 16, 17, 33, 40], jnp.int32)
+    n, steps, batch, largest = len(sizes), 5, 3, 40
+    epochs = randomness.epochs_needed(1, steps, batch)
+    spec = dataclasses.replace(sim.spec, nodes=n, max_shard=largest, epochs=epochs)
+    train = sim.params.data.train.replace(sizes=sizes)
+    params = sim.params.replace(data=sim.params.data.replace(train=train))
+    assert len(randomness.plan_groups(largest, epochs, steps, batch)) > 3
+    iteration = jnp.arange(n, dtype=jnp.int32) * 7
+    idx, mask = engine._plans(spec, params, iteration)
+    want_idx, want_mask = jax.vmap(lambda i, it, size: randomness.batch_plan(
+        params.data_key, i, it, size, local_steps=steps, batch_size=batch, max_size=largest, epochs=epochs))(
+        jnp.arange(n), iteration, sizes)
+    np.testing.assert_array_equal(mask, want_mask)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
 def test_straggler_preset_is_the_reference_topology():
     net = network.stragglers(60, 7, 5.0)
     assert (net.up_bps == 12e6).sum() == 7 and (net.up_bps == 60e6).sum() == 53
