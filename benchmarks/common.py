@@ -58,7 +58,7 @@ def git_commit() -> str:
     """The commit the benchmark ran from (``+dirty`` with uncommitted changes), or ``unknown``."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+                              cwd=Path(__file__).parent.parent).stdout.strip()  # pathspecs from the repo root
     try:
         return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "divjax") else "")
     except (OSError, subprocess.CalledProcessError):

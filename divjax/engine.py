@@ -362,5 +362,5 @@ def advance(sim: Simulation, state: SimState, ticks: int) -> SimState:
 
 def ticks_for(seconds: float, dt: float) -> int:
     """Whole ticks in ``seconds`` of simulated time (rounded to the nearest tick)."""
-    return max(1, int(math.floor(seconds / dt + 0.5)))
+    return max(1, math.floor(seconds / dt + 0.5))
 

@@ -111,8 +111,8 @@ def weighted_average(spec: SimSpec, snapshots: jax.Array, queue: MessageQueue, o
         # node) makes the dense sum non-finite, and only the gather form keeps it out of the receivers that
         # did not apply it. Under a sweep's vmap the per-member cond runs both: only when some member diverged.
         finite = jnp.all(jnp.isfinite(total))
-        dense = lambda *_: (total, weights)  # noqa: E731
-        per_member = lambda *args: jax.lax.cond(finite, dense, gather, *args)  # noqa: E731
+        dense = lambda *_: (total, weights)
+        per_member = lambda *args: jax.lax.cond(finite, dense, gather, *args)
         total, weights = jax.lax.cond(batching.all_members(finite), dense, per_member, *args)
     else:
         total, weights = gather(*args)

@@ -24,9 +24,10 @@ import io
 import json
 import os
 import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
@@ -46,13 +47,18 @@ class RunDirectoryError(RuntimeError):
     """A run directory is missing, would be overwritten, or holds a damaged file."""
 
 
+def _write_synced(tmp: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Let ``write`` fill ``tmp`` and make it durable, so that renaming it over a path is atomic."""
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that the path always holds either the old or the whole new content."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_synced(tmp, lambda f: f.write(data))
     os.replace(tmp, path)
 
 
@@ -69,10 +75,7 @@ def write_streamed(directory: Path, prefix: str, suffix: str, write: Callable[[B
 
     Returns ``(name, sha256)``. Until the rename, the file only exists under a temporary name."""
     tmp = directory / f".{prefix}writing.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_synced(tmp, write)
     digest = _sha256_of(tmp)
     name = f"{prefix}{digest[:16]}{suffix}"
     os.replace(tmp, directory / name)
@@ -125,7 +128,7 @@ class RunDirectory:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, path: str | os.PathLike, configs: Sequence[Config], overwrite: bool = False) -> "RunDirectory":
+    def create(cls, path: str | os.PathLike, configs: Sequence[Config], overwrite: bool = False) -> RunDirectory:
         """Start a new run directory; an existing non-empty one is an error unless ``overwrite``."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -146,7 +149,7 @@ class RunDirectory:
         return run
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RunDirectory":
+    def open(cls, path: str | os.PathLike) -> RunDirectory:
         """An existing run directory, to resume."""
         path = Path(path)
         for name in (CONFIG, STATUS):
