@@ -8,7 +8,10 @@ every evaluation, and its whole state at most every ``checkpoint_seconds`` of wa
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+
+import jax
 
 from divjax import engine, report, runner
 from divjax.rundir import RunDirectory
@@ -37,5 +40,29 @@ def execute(run: RunDirectory, progress: bool = True, checkpoint_seconds: float 
         bar = f"{label} {cfg.algorithm}" if label else cfg.algorithm
         result = runner.simulate(sim, progress=progress, resume=resume, after_evaluation=save, label=bar)
         run.finish_algorithm(cfg.algorithm, result.summary())
+        free_compiled_programs_if_many()
     report.finalize(run)
     return [run.status["summaries"][cfg.algorithm] for cfg in run.configs]
+
+
+def memory_mappings() -> tuple[int, int] | None:
+    """(memory mappings this process holds, the kernel's limit on them), or ``None`` where ``/proc`` has no
+    such figures (not Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            used = sum(1 for _ in maps)
+        return used, int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def free_compiled_programs_if_many() -> None:
+    """Drop JAX's compiled programs once they hold half the memory mappings the kernel allows.
+
+    XLA CPU maps the code of every program it compiles into mappings of its own (~1,000 for a small
+    simulation), and a process that compiles a few hundred programs, such as a reproduction's rows, reaches
+    ``vm.max_map_count`` (65,530 by default) and crashes inside the compiler. Runs after the drop compile again.
+    """
+    mappings = memory_mappings()
+    if mappings is not None and mappings[0] > mappings[1] // 2:
+        jax.clear_caches()

@@ -142,3 +142,20 @@ def test_accuracy_and_loss_verdicts_average_seeds():
     movielens = [_row("divshare-0.1", "a", loss=0.95, task="movielens"), _row("swift", "a", loss=1.0, task="movielens")]
     finding = claims.loss_claim(claims.groups(movielens))
     assert finding.measured == "up to 5.0 % lower" and finding.verdict == "partly"
+
+
+def test_compiled_programs_are_dropped_before_the_kernels_limit_on_memory_mappings(tmp_path, monkeypatch):
+    """XLA CPU crashes once a process holds vm.max_map_count memory mappings; a long reproduction would."""
+    import jax
+
+    from divjax import engine, execution
+
+    jax.clear_caches()  # start well below the limit, whatever the tests before compiled
+    assert execution.memory_mappings() is None or execution.memory_mappings()[0] > 0
+    cli.main(["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--methods", "divshare-0.1",
+              "--settings", "no-stragglers", "--out", str(tmp_path / "kept"), "--no-progress"])
+    assert engine._advance._cache_size() > 0  # below half the limit, compiled programs are kept
+    monkeypatch.setattr(execution, "memory_mappings", lambda: (40_000, 65_530))
+    cli.main(["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--methods", "divshare-0.1",
+              "--settings", "no-stragglers", "--out", str(tmp_path / "dropped"), "--no-progress"])
+    assert engine._advance._cache_size() == 0
