@@ -184,12 +184,13 @@ def _plans(spec: SimSpec, p: SimParams, iteration: jax.Array) -> tuple[jax.Array
             batch_plan, p.data_key, local_steps=spec.local_steps, batch_size=spec.batch_size,
             max_size=spec.max_shard, epochs=group.epochs, width=group.width))
         members = (sizes >= group.smallest) & (sizes <= group.width)
-        (order,) = jnp.nonzero(members, size=n, fill_value=n)  # the group's nodes first
         block = max(1, min(n, PLAN_BLOCK_SHUFFLED // (group.epochs * group.width)))
+        # The group's nodes first, then n (no node) enough times for a last block to be sliced whole.
+        (order,) = jnp.nonzero(members, size=n + block, fill_value=n)
 
         def draw_block(carry, plan=plan, order=order, block=block):
             start, indices, masks = carry
-            nodes = jax.lax.dynamic_slice_in_dim(jnp.concatenate([order, jnp.full(block, n)]), start, block)
+            nodes = jax.lax.dynamic_slice_in_dim(order, start, block)
             safe = jnp.minimum(nodes, n - 1)  # nodes == n (past the group's end) are dropped below
             idx, mask = plan(safe, iteration[safe], sizes[safe])
             return (start + block, indices.at[nodes].set(idx, mode="drop"), masks.at[nodes].set(mask, mode="drop"))

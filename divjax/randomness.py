@@ -140,11 +140,6 @@ def plan_groups(max_size: int, epochs: int, local_steps: int, batch_size: int) -
     return tuple(groups)
 
 
-def plan_group(size: int, groups: tuple[PlanGroup, ...]) -> PlanGroup:
-    """The group a shard of ``size`` samples belongs to."""
-    return next(g for g in groups if g.smallest <= size <= g.width)
-
-
 def epochs_needed(min_size: int, local_steps: int, batch_size: int) -> int:
     """How many shuffles one iteration can need, for the smallest shard."""
     steps_per_epoch = -(-min_size // batch_size)
