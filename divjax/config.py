@@ -20,7 +20,7 @@ NETWORK_PRESETS = ("uniform", "stragglers", "diablo")
 TOPOLOGIES = ("ring", "torus", "exponential", "complete", "regular")
 TASKS = ("synthetic", "cifar10", "movielens", "quadratic")
 PARTITIONS = ("kshard", "dirichlet", "iid")
-CONV_IMPLEMENTATIONS = ("auto", "xla", "im2col")
+CONV_IMPLEMENTATIONS = ("auto", "per-node", "im2col", "xla")
 MOVIELENS_VARIANTS = ("ml-latest-small", "ml-100k")
 
 
@@ -118,8 +118,10 @@ class TaskConfig:
       dirichlet_alpha: concentration of the Dirichlet partition.
       partition_seed: seed of the partition (the reference's dataset seed, 1234); apart from the run seed,
         so that runs with other seeds share the data layout (and the compiled code).
-      conv: GN-LeNet's convolution: ``im2col`` (fastest on CPU), ``xla`` (native convolutions, for GPUs) or
-        ``auto`` (``xla`` on accelerators, ``im2col`` on CPU). The numbers are the same.
+      conv: how GN-LeNet's local steps run: ``per-node`` (native convolutions, one node at a time from the
+        host: fastest on CPU), ``im2col`` (matrix products, vmapped over nodes: the fastest vmapped form on
+        CPU, used by sweeps), ``xla`` (native convolutions vmapped: for accelerators) or ``auto``
+        (``xla`` on accelerators, ``per-node`` on CPU). The same function; floats round differently.
       variant: MovieLens data set: ``ml-latest-small`` (the reference's) or ``ml-100k``.
       eval_nodes: evaluate this many nodes (evenly spread, node 0 included); ``None``: all, as the
         reference. Scoring 60 GN-LeNets on 10,000 images costs ~15 TFLOP: on a CPU, evaluate fewer.

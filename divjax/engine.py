@@ -10,7 +10,9 @@ One tick k covers simulated time ``((k-1) dt, k dt]`` and does, in this order:
 
 Steps 1, 3 and 4 sit behind ``lax.cond`` so ticks where nobody steps or reaches a boundary cost almost
 nothing (in a vmapped sweep too: :mod:`divjax.batching`). Ticks run in a ``fori_loop`` inside one compiled
-function; the host calls it once per evaluation interval. See docs/semantics.md for the exact model of time.
+function; the host calls it once per evaluation interval. Tasks whose steps are slow stacked (GN-LeNet on
+CPU: ``host_steps``) take them node by node from the host instead, with the same semantics (see below). See
+docs/semantics.md for the exact model of time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from divjax.randomness import (
 )
 from divjax.state import SimParams, SimSpec, SimState, flatten_models, tree_select
 from divjax.tasks import Task, TaskData
+from divjax.tasks.base import stacked_form
 from divjax.transport import Links, advance_shared, answer, flush, send
 
 MIX_BLOCK_FLOATS = 1 << 24  # payload floats gathered at once when mixing (64 MiB of float32)
@@ -228,29 +231,50 @@ def _initial_state(spec: SimSpec, p: SimParams, seed: int) -> SimState:
 # ------------------------------------------------------------------------------------------ tick
 
 
-def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -> SimState:
-    nodes = jnp.arange(spec.nodes)
-    step = jnp.minimum(s.step_in_iter, spec.local_steps - 1)
-    idx, mask = s.batch_idx[nodes, step], s.batch_mask[nodes, step]
-    x = jax.vmap(lambda xs, i: xs[i])(p.data.train.x, idx)
-    y = jax.vmap(lambda ys, i: ys[i])(p.data.train.y, idx)
-    optimizer = optax.sgd(p.lr)
-    task_step = getattr(spec.task, "sgd_step", None)  # a task's own plain-SGD step (row-sparse MF)
+def _sgd_step(lr: jax.Array, task: Task):
+    """One node's local SGD step ``(params, opt_state, x, y, mask) -> (params, opt_state, loss)``."""
+    optimizer = optax.sgd(lr)
+    task_step = getattr(task, "sgd_step", None)  # a task's own plain-SGD step (row-sparse MF)
 
     def sgd_step(params, opt_state, x, y, mask):
         if task_step is not None:
-            params, loss = task_step(params, x, y, mask, p.lr)
+            params, loss = task_step(params, x, y, mask, lr)
             return params, opt_state, loss
-        loss, grads = jax.value_and_grad(spec.task.loss)(params, x, y, mask)
+        loss, grads = jax.value_and_grad(task.loss)(params, x, y, mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    if task_step is not None:
+    return sgd_step
+
+
+def _minibatch(spec: SimSpec, train, plan: tuple, node: jax.Array):
+    """Node ``node``'s minibatch ``(x, y, mask)`` for its current local step (vmap it over nodes), from the
+    training shards and the plan ``(batch_idx, batch_mask, step_in_iter)`` of the state."""
+    batch_idx, batch_mask, step_in_iter = plan
+    step = jnp.minimum(step_in_iter[node], spec.local_steps - 1)
+    idx = batch_idx[node, step]
+    return train.x[node][idx], train.y[node][idx], batch_mask[node, step]
+
+
+def _plan_of(s: SimState) -> tuple:
+    return s.batch_idx, s.batch_mask, s.step_in_iter
+
+
+def _count_steps(p: SimParams, s: SimState, stepping: jax.Array) -> SimState:
+    return s.replace(step_in_iter=s.step_in_iter + stepping,
+                     next_step_tick=s.next_step_tick + jnp.where(stepping, p.step_ticks, 0))
+
+
+def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -> SimState:
+    task = stacked_form(spec.task)
+    sgd_step = _sgd_step(p.lr, task)
+    x, y, mask = jax.vmap(lambda k: _minibatch(spec, p.data.train, _plan_of(s), k))(jnp.arange(spec.nodes))
+    if getattr(task, "sgd_step", None) is not None:
         # Nodes that are not stepping get an empty minibatch, hence a zero update: no select of the whole
         # (embedding) tables, which would cost more than the row-sparse step itself.
         params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask & stepping[:, None])
     else:
-        block = getattr(spec.task, "step_node_batch", None)  # bounds the transients of big per-node steps
+        block = getattr(task, "step_node_batch", None)  # bounds the transients of big per-node steps
         if block is not None and block < spec.nodes:
             params, opt_state, loss = jax.lax.map(lambda args: sgd_step(*args),
                                                   (s.params, s.opt_state, x, y, mask), batch_size=block)
@@ -258,13 +282,10 @@ def _local_step(spec: SimSpec, p: SimParams, s: SimState, stepping: jax.Array) -
             params, opt_state, loss = jax.vmap(sgd_step)(s.params, s.opt_state, x, y, mask)
         params = tree_select(stepping, params, s.params)
         opt_state = tree_select(stepping, opt_state, s.opt_state)
-    return s.replace(
-        params=params, opt_state=opt_state,
-        step_in_iter=s.step_in_iter + stepping,
-        next_step_tick=s.next_step_tick + jnp.where(stepping, p.step_ticks, 0),
-        train_loss_sum=s.train_loss_sum + jnp.where(stepping, loss, 0.0),
-        train_loss_steps=s.train_loss_steps + stepping,
-    )
+    s = s.replace(params=params, opt_state=opt_state,
+                  train_loss_sum=s.train_loss_sum + jnp.where(stepping, loss, 0.0),
+                  train_loss_steps=s.train_loss_steps + stepping)
+    return _count_steps(p, s, stepping)
 
 
 def _snapshot(spec: SimSpec, p: SimParams, s: SimState, who: jax.Array, now: jax.Array) -> SimState:
@@ -326,12 +347,22 @@ def _network(spec: SimSpec, p: SimParams, s: SimState, since: jax.Array, now: ja
     return s.replace(queue=queue, counters=counters)
 
 
-def _tick(spec: SimSpec, p: SimParams, s: SimState) -> SimState:
+def _stepping(s: SimState, tick: jax.Array) -> jax.Array:
+    """Nodes whose local step completes at ``tick``."""
+    return ~s.waiting & (s.next_step_tick == tick)
+
+
+def _tick(spec: SimSpec, p: SimParams, s: SimState, train: bool = True) -> SimState:
+    """One tick. ``train=False``: the host has already taken this tick's local steps (:func:`advance`), so
+    the compute phase only counts them."""
     algo = algorithms.get(spec.algorithm)
     tick = s.tick + 1
     now = tick.astype(jnp.float32)
-    stepping = ~s.waiting & (s.next_step_tick == tick)
-    s = _when(jnp.any(stepping), lambda s: _local_step(spec, p, s, stepping), s)
+    stepping = _stepping(s, tick)
+    if train:
+        s = _when(jnp.any(stepping), lambda s: _local_step(spec, p, s, stepping), s)
+    else:
+        s = _count_steps(p, s, stepping)
     at_boundary = stepping & (s.step_in_iter == spec.local_steps)
     s = _network(spec, p, s, now - 1.0, now)
     # Two conds, not one: XLA copies the whole snapshot ring on every tick when one conditional both
@@ -356,8 +387,73 @@ def _advance(spec: SimSpec, p: SimParams, s: SimState, ticks: jax.Array) -> SimS
     return run_ticks(spec, p, s, ticks)
 
 
+# --------------------------------------------------------------------- local steps driven from the host
+# On CPU a convolution inside a loop body (the tick loop) or under vmap (a grouped convolution) runs several
+# times slower than the same convolution in a program of its own (DESIGN.md section 7). Tasks that say so
+# (``host_steps``) therefore take their local steps one node at a time, each node's step its own compiled
+# call dispatched from the host, as a client-sequential loop does; the rest of every tick stays compiled.
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _node_step(spec: SimSpec, lr: jax.Array, train, trained: tuple, plan: tuple, node: jax.Array):
+    """Node ``node``'s local step alone: its new params, optimiser state and loss (``trained`` is the stacked
+    ``(params, opt_state)``; the call takes only the arrays it reads)."""
+    params, opt_state = jax.tree.map(lambda a: a[node], trained)
+    return _sgd_step(lr, spec.task)(params, opt_state, *_minibatch(spec, train, plan, node))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _put_steps(trained: tuple, nodes: jax.Array, steps: tuple) -> tuple:
+    """Write the host-taken steps of ``nodes`` (one ``(params, opt_state, loss)`` each) into ``trained``:
+    the stacked ``(params, opt_state, train_loss_sum, train_loss_steps)``. Compiled once per number of
+    nodes stepping together, a small program."""
+    params, opt_state, loss_sum, loss_steps = trained
+    new_params, new_opt_state, loss = jax.tree.map(lambda *rows: jnp.stack(rows), *steps)
+    put = lambda whole, rows: whole.at[nodes].set(rows)  # noqa: E731
+    return (jax.tree.map(put, params, new_params), jax.tree.map(put, opt_state, new_opt_state),
+            loss_sum.at[nodes].add(loss), loss_steps.at[nodes].add(1))
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _ticks_between_steps(spec: SimSpec, p: SimParams, s: SimState, end: jax.Array,
+                         stepped: jax.Array) -> tuple[SimState, jax.Array]:
+    """If ``stepped``, the tick ``s.tick + 1`` whose local steps the host has just taken; then every tick up
+    to ``end`` at which nobody steps. Returns the state and who steps at the tick after it."""
+    TRACES[spec] += 1
+
+    def more(carry):
+        s, first = carry
+        return (s.tick < end) & ((first & stepped) | ~jnp.any(_stepping(s, s.tick + 1)))
+
+    s, _ = jax.lax.while_loop(more, lambda c: (_tick(spec, p, c[0], train=False), False), (s, True))
+    return s, _stepping(s, s.tick + 1)
+
+
+def host_steps(sim: Simulation) -> bool:
+    """Whether :func:`advance` takes local steps node by node from the host (see above)."""
+    return bool(getattr(sim.spec.task, "host_steps", False)) and sim.mesh is None
+
+
+def _advance_from_host(sim: Simulation, s: SimState, ticks: int) -> SimState:
+    spec, p = sim.spec, sim.params
+    end = int(s.tick) + ticks
+    s, who = _ticks_between_steps(spec, p, s, jnp.asarray(end, jnp.int32), jnp.asarray(False))
+    while True:
+        tick, who = jax.device_get((s.tick, who))  # the one sync per stepping tick: who steps next
+        if tick >= end:
+            return s
+        nodes = np.flatnonzero(who).astype(np.int32)
+        steps = tuple(_node_step(spec, p.lr, p.data.train, (s.params, s.opt_state), _plan_of(s), node)
+                      for node in nodes)
+        trained = _put_steps((s.params, s.opt_state, s.train_loss_sum, s.train_loss_steps), nodes, steps)
+        s = s.replace(**dict(zip(("params", "opt_state", "train_loss_sum", "train_loss_steps"), trained)))
+        s, who = _ticks_between_steps(spec, p, s, jnp.asarray(end, jnp.int32), jnp.asarray(True))
+
+
 def advance(sim: Simulation, state: SimState, ticks: int) -> SimState:
     """Simulate ``ticks`` more ticks (compiled once per spec; the tick count is not static)."""
+    if host_steps(sim):
+        return _advance_from_host(sim, state, ticks)
     return _advance(sim.spec, sim.params, state, jnp.asarray(ticks, jnp.int32))
 
 

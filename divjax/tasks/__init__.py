@@ -16,10 +16,10 @@ __all__ = ["Cifar10Task", "MovieLensTask", "NodeShards", "QuadraticTask", "Synth
 
 
 def conv_for_backend(choice: str) -> str:
-    """``auto`` resolves to native convolutions on accelerators and im2col matmuls on CPU."""
+    """``auto`` resolves to native convolutions: vmapped on accelerators, node by node on CPU."""
     if choice != "auto":
         return choice
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "per-node" if jax.default_backend() == "cpu" else "xla"
 
 
 def build(cfg: TaskConfig, nodes: int, seed: int) -> tuple[Task, TaskData]:

@@ -68,6 +68,11 @@ class Task(Protocol):
     the engine then uses instead of autodiff + optax (MovieLens's row-sparse embedding update), and
     ``step_node_batch``: take local steps that many nodes at a time rather than all at once (bounds the
     transient memory of models whose step needs much of it, as GN-LeNet's im2col patches).
+
+    ``host_steps = True`` asks the engine to take local steps one node at a time, each its own compiled call
+    from the host (GN-LeNet on CPU, where convolutions are slow under ``vmap`` and inside loops); the task
+    then also defines ``stacked() -> Task``, the same model in a form to step vmapped over nodes, which
+    sweeps and sharded runs use instead.
     """
 
     name: str
@@ -82,6 +87,11 @@ class Task(Protocol):
     def evaluate(self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
         """Test metrics of one model on one test set (rows where ``mask`` holds); must include
         ``accuracy`` and ``loss``."""
+
+
+def stacked_form(task: Task) -> Task:
+    """The form of ``task`` whose local steps run vmapped over nodes (see :class:`Task`)."""
+    return task.stacked() if getattr(task, "host_steps", False) else task
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -35,18 +35,31 @@ IM2COL_STEP_NODES = 64
 
 @dataclass(frozen=True)
 class Cifar10Task:
-    """GN-LeNet on CIFAR-10. ``conv`` picks the convolution implementation (same numbers either way)."""
+    """GN-LeNet on CIFAR-10. ``conv`` picks how local steps compute the convolutions (the same function):
+    ``im2col`` or ``xla`` (native) vmapped over nodes, or ``per-node``: native convolutions, each node's
+    step its own call from the host (``host_steps``; the fastest on CPU)."""
 
     conv: str = "im2col"
     name: str = "cifar10"
     eval_node_batch: int = 1  # 10,000 images x one model at a time bounds evaluation memory
     step_node_batch: int | None = None  # local steps this many nodes at a time (None: all at once)
 
+    @property
+    def host_steps(self) -> bool:
+        return self.conv == "per-node"
+
+    def stacked(self) -> Cifar10Task:
+        """This task with its local steps vmapped over nodes: im2col, the fastest stacked form on CPU."""
+        return Cifar10Task(conv="im2col", step_node_batch=IM2COL_STEP_NODES)
+
+    def _model(self) -> GNLeNet:
+        return GNLeNet("xla" if self.conv == "per-node" else self.conv)
+
     def init_params(self, key: jax.Array) -> Params:
-        return GNLeNet(self.conv).init(key, jnp.zeros((1, 32, 32, 3)))["params"]
+        return self._model().init(key, jnp.zeros((1, 32, 32, 3)))["params"]
 
     def logits(self, params: Params, x: jax.Array) -> jax.Array:
-        return GNLeNet(self.conv).apply({"params": params}, _images(x))
+        return self._model().apply({"params": params}, _images(x))
 
     def loss(self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
         return masked_mean(optax.softmax_cross_entropy_with_integer_labels(self.logits(params, x), y), mask)
