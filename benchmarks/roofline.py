@@ -6,11 +6,12 @@ batch 8, J = 6, 7 of every 60 nodes communication stragglers. In one process it 
 
 1. the fp32 matmul peak (jitted ``a @ b``, square sizes, 2n³ flops);
 2. the flops of one node-step (batch-8 forward + backward + SGD) from XLA's ``cost_analysis`` of the
-   single-node jitted step, and the node-steps/s, hence GFLOP/s and % of peak, of the engine's vmapped
-   local step (alone, and inside ``engine.advance``) and of a client-sequential loop of that single step;
+   single-node jitted step, and the node-steps/s, hence GFLOP/s and % of peak, of the engine's local steps
+   (vmapped, as sweeps run them; node by node from the host, as ``engine.advance`` runs them on CPU; and
+   inside ``engine.advance``) and of a client-sequential loop of that single step;
 3. the wall time of one iteration (128 ticks, the last with every node's boundary) split into the
-   engine's phases, each jitted and timed alone (``_local_step``, ``_network``, ``_snapshot``,
-   ``_mix_and_send``), checked against ``engine.advance`` over the same ticks; and evaluation as
+   engine's phases, each timed alone (the local steps, ``_network``, ``_snapshot``, ``_mix_and_send``),
+   checked against ``engine.advance`` over the same ticks; and evaluation as
    ``divjax run`` does it (``metrics.evaluate``), amortised over the iterations between evaluations, at
    the README's CPU setting (6 nodes on 2,000 images every 10 iterations) and, extrapolated from it per
    model and test batch, at the preset (all nodes on all 10,000 test images);
@@ -148,7 +149,9 @@ def from_copies(fn: Callable[[Tree], Tree], state: Tree, count: int) -> Timed:
 
 
 def phase_pieces(sim: Simulation, state: SimState) -> dict[str, Timed]:
-    """Each phase of a tick jitted alone, state donated as in the tick loop, every node active.
+    """Each phase of a tick jitted alone, state donated as in the tick loop, every node active. The local
+    steps are timed in both forms: vmapped (``_local_step``: im2col, what sweeps run) and node by node
+    from the host (what ``engine.advance`` runs on CPU, ``host_steps``).
 
     ``state`` should have messages in flight (after a first boundary) so the network phase does real work.
     """
@@ -158,8 +161,10 @@ def phase_pieces(sim: Simulation, state: SimState) -> dict[str, Timed]:
     jit = lambda f: jax.jit(f, static_argnums=(0,), donate_argnums=(2,))
     local, network = jit(engine._local_step), jit(engine._network)
     snapshot, mix = jit(engine._snapshot), jit(engine._mix_and_send)
+    nodes = np.arange(spec.nodes, dtype=np.int32)
     return {
         "local_step": chained(lambda s: local(spec, p, s, everyone), state),
+        "host_steps": chained(lambda s: engine._steps_from_host(spec, p, s, nodes), state),
         "network": chained(lambda s: network(spec, p, s, now - 1.0, now), state),
         "snapshot": chained(lambda s: snapshot(spec, p, s, everyone, now), state),
         "mix_and_send": chained(lambda s: mix(spec, p, s, everyone, now), state),
@@ -271,11 +276,10 @@ def with_test_images(sim: Simulation, count: int) -> Simulation:
     return dataclasses.replace(sim, params=sim.params.replace(data=data))
 
 
-def evaluation_piece(sim: Simulation, state: SimState, nodes: int, conv: str | None = None) -> Timed:
+def evaluation_piece(sim: Simulation, state: SimState, nodes: int) -> Timed:
     """One evaluation as the runner does it (``metrics.evaluate``), scoring ``nodes`` nodes and the average
-    model; ``conv`` swaps the task's convolution (a prototype: evaluation scores one model at a time, so
-    nothing is vmapped over nodes there)."""
-    spec = sim.spec if conv is None else dataclasses.replace(sim.spec, task=Cifar10Task(conv=conv))
+    model (one model at a time, with native convolutions)."""
+    spec = sim.spec
     chosen = jnp.asarray(engine._eval_nodes(sim.config.nodes, nodes))
     compiled = jax.jit(metrics.evaluate, static_argnums=(0,)).lower(spec, sim.params, state, chosen).compile()
     return lambda: compiled(sim.params, state, chosen)
@@ -322,29 +326,33 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['flops_per_node_step_im2col'] / 1e9:.3f})\n")
     add("| local training | node-steps/s | GFLOP/s | % of peak |")
     add("|---|---:|---:|---:|")
-    for name, key in (("engine `_local_step` (vmapped, im2col), jitted alone", "engine_step"),
+    for name, key in (("engine `_local_step` (vmapped, im2col: sweeps), jitted alone", "engine_step"),
+                      ("engine, node by node from the host (one tick's calls and their write-back), alone",
+                       "engine_host_steps"),
                       ("engine inside `engine.advance` (step-only ticks, network included)", "engine_advance"),
                       ("client-sequential loop, native conv", "loop_xla"),
                       ("client-sequential loop, im2col", "loop_im2col")):
         add(f"| {name} | {r[key + '_node_steps_per_s']:.1f} | {r[key + '_gflops']:.1f} | "
             f"{r[key + '_percent_of_peak']:.1f} % |")
     met = lambda ok: "met" if ok else "not met"
-    add(f"\nEngine / loop (native conv), node-steps/s: **{r['engine_over_loop']:.2f}×** "
-        f"(engine step alone) and {r['engine_advance_over_loop']:.2f}× (inside `engine.advance`): target "
+    driver = "node by node from the host" if r["host_steps"] else "vmapped"
+    add(f"\n`engine.advance` takes the local steps {driver} (task conv `{r['engine_conv']}`). Engine / loop "
+        f"(native conv), node-steps/s: **{r['engine_advance_over_loop']:.2f}×** inside `engine.advance`, "
+        f"{r['engine_over_loop']:.2f}× for the vmapped step alone: target "
         f"\"not slower\" {met(r['engine_advance_over_loop'] >= 1.0)}. Target ≥ 30 % of peak on CPU: "
         f"{met(r['engine_advance_percent_of_peak'] >= 30.0)} by the engine.\n")
     add(f"## One iteration ({r['local_steps']} ticks, boundary included)\n")
     add(f"`engine.advance` over one iteration: **{r['iteration_s']:.1f} s**, as {r['local_steps'] // WINDOW - 1} "
         f"step-only windows of {WINDOW} ticks ({r['window_steps_s']:.2f} s each) + the window that ends at every "
         f"node's boundary ({r['window_boundary_s']:.2f} s), messages in flight, timed in turn with the phases "
-        f"below. The phases jitted alone add up to {r['phases_sum_s']:.1f} s: "
-        f"**{percent(r['phases_sum_s'], r['iteration_s']):.0f} %** of the iteration; the gap is the local step, "
-        f"which runs at {r['phase_local_step_s']:.3f} s alone and "
-        f"{r['window_steps_s'] / WINDOW - r['phase_network_s']:.3f} s per tick inside the tick loop "
-        "(window per tick less the network phase).\n")
+        f"below. The phases timed alone (local steps as `engine.advance` takes them) add up to "
+        f"{r['phases_sum_s']:.1f} s: **{percent(r['phases_sum_s'], r['iteration_s']):.0f} %** of the iteration; "
+        f"a tick's local steps take {r['phase_' + ('host_steps' if r['host_steps'] else 'local_step') + '_s']:.3f} s "
+        f"alone and {r['window_steps_s'] / WINDOW - r['phase_network_s']:.3f} s per tick inside "
+        "`engine.advance` (window per tick less the network phase).\n")
     add("| phase, jitted alone | seconds per call | calls per iteration |")
     add("|---|---:|---:|")
-    for name, calls in (("local_step", r["local_steps"]), ("network", r["local_steps"]),
+    for name, calls in (("local_step", r["local_steps"]), ("host_steps", r["local_steps"]), ("network", r["local_steps"]),
                         ("snapshot", 1), ("mix_and_send", 1)):
         add(f"| `{name}` | {r['phase_' + name + '_s']:.4f} | {calls} |")
     every = f"every {r['eval_every_iterations']} iterations"
@@ -362,12 +370,8 @@ def markdown(r: dict[str, Any]) -> str:
         add(f"| **total** | {b['total_s']:.2f} | 100 % |")
         add(f"\nNon-training share (1 − training / total): **{100 * b['non_training_share']:.1f} %** "
             f"(target ≤ 20 %: {met(b['non_training_share'] <= 0.2)}).")
-        fast = b["evaluation_s"] / r["eval_readme_native_conv_speedup"]  # evaluation with native convolutions
-        other = b["network_queue_s"] + b["snapshot_mix_send_s"]
-        add(f"With evaluation on native convolutions (measured below, {r['eval_readme_native_conv_speedup']:.2f}× "
-            f"faster) it would be {100 * (other + fast) / (b['local_training_s'] + other + fast):.1f} %.")
     add("\n## The engine's local step against other stacked forms of it (prototypes, every node stepping)\n")
-    add(f"Timed in turn with the engine's `_local_step` ({r['phase_local_step_s']:.3f} s per tick) and the loop. "
+    add(f"Timed in turn with the engine's vmapped `_local_step` ({r['phase_local_step_s']:.3f} s per tick) and the loop. "
         f"One node's im2col patches take {r['im2col_patch_mb_per_node']:.1f} MB per forward pass: "
         f"{r['im2col_patch_mb_per_node'] * r['nodes']:.0f} MB for {r['nodes']} vmapped nodes, written and read "
         "again in the backward pass.\n")
@@ -378,9 +382,6 @@ def markdown(r: dict[str, Any]) -> str:
         add(f"| {row['name']} | {row['seconds']:.3f} | {row['node_steps_per_s']:.1f} | "
             f"{row['speedup_over_engine_step']:.2f}× | {row['speedup_over_engine_advance']:.2f}× | "
             f"{row['over_loop']:.2f}× | {row['compile_s']:.1f} |")
-    add(f"\nEvaluation with native convolutions (one model at a time, nothing vmapped) instead of im2col, "
-        f"README setting: {r['eval_readme_native_conv_s']:.1f} s against {r['eval_readme_s']:.1f} s "
-        f"(**{r['eval_readme_native_conv_speedup']:.2f}×**).")
     return "\n".join(lines) + "\n"
 
 
@@ -449,12 +450,15 @@ def measure(cfg: Config, repeats: int) -> dict[str, Any]:
 
     r["matmul_gflops"] = {str(size): 2 * size**3 / t[f"matmul_{size}"] / 1e9 for size in MATMUL_SIZES}
     r["peak_gflops"] = peak = max(r["matmul_gflops"].values())
-    phases = {name: t[name] for name in ("local_step", "network", "snapshot", "mix_and_send")}
-    r.update({f"phase_{name}_s": s for name, s in phases.items()})
+    r["host_steps"] = engine.host_steps(sim)
+    r.update({f"phase_{name}_s": t[name] for name in ("local_step", "host_steps", "network", "snapshot", "mix_and_send")})
+    local = "host_steps" if r["host_steps"] else "local_step"  # the form engine.advance runs
+    phases = {name: t[name] for name in ("network", "snapshot", "mix_and_send")} | {"local_step": t[local]}
     r["window_steps_s"], r["window_boundary_s"] = t["window_steps"], t["window_boundary"]
     r["iteration_s"] = (k // WINDOW - 1) * t["window_steps"] + t["window_boundary"]
     r["phases_sum_s"] = k * (phases["local_step"] + phases["network"]) + phases["snapshot"] + phases["mix_and_send"]
-    rates = {"engine_step": n / t["local_step"], "engine_advance": WINDOW * n / t["window_steps"],
+    rates = {"engine_step": n / t["local_step"], "engine_host_steps": n / t["host_steps"],
+             "engine_advance": WINDOW * n / t["window_steps"],
              "loop_xla": n / t["loop_xla"], "loop_im2col": n / t["loop_im2col"]}
     for key, rate in rates.items():
         r[key + "_node_steps_per_s"] = rate
@@ -475,17 +479,14 @@ def measure(cfg: Config, repeats: int) -> dict[str, Any]:
     # consensus distance and the rest are small), so the preset's (every node, every one of the 10 batches
     # of 1,024 test images) is the README setting's cost per model-batch times its model-batches.
     readme = with_test_images(sim, README_EVAL[1])
-    evals = round_robin({"readme": evaluation_piece(readme, after_one, README_EVAL[0]),
-                         "readme_native_conv": evaluation_piece(readme, after_one, README_EVAL[0], "xla")},
-                        min(repeats, 2))
+    evals = round_robin({"readme": evaluation_piece(readme, after_one, README_EVAL[0])}, min(repeats, 2))
     batches = lambda images: -(-images // TEST_BATCH)
     model_batches = {"preset": (n + 1) * batches(10_000), "readme": (README_EVAL[0] + 1) * batches(README_EVAL[1])}
-    r["eval_readme_s"], r["eval_readme_native_conv_s"] = evals["readme"], evals["readme_native_conv"]
+    r["eval_readme_s"] = evals["readme"]
     r["eval_preset_s"] = evals["readme"] * model_batches["preset"] / model_batches["readme"]
     for key in ("preset", "readme"):
         r[f"eval_{key}_images_per_s"] = model_batches[key] * TEST_BATCH / r[f"eval_{key}_s"]
         r["breakdown_" + key] = breakdown(phases, r["iteration_s"], r[f"eval_{key}_s"], cfg.eval_every_iterations, k)
-    r["eval_readme_native_conv_speedup"] = evals["readme"] / evals["readme_native_conv"]
     print({name: round(s, 2) for name, s in evals.items()}, flush=True)
     return r
 

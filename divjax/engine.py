@@ -429,6 +429,15 @@ def _ticks_between_steps(spec: SimSpec, p: SimParams, s: SimState, end: jax.Arra
     return s, _stepping(s, s.tick + 1)
 
 
+def _steps_from_host(spec: SimSpec, p: SimParams, s: SimState, nodes: np.ndarray) -> SimState:
+    """The local steps of ``nodes`` at tick ``s.tick + 1``, each node's its own call (the compute phase of
+    a tick that :func:`advance` drives from the host)."""
+    steps = tuple(_node_step(spec, p.lr, p.data.train, (s.params, s.opt_state), _plan_of(s), node)
+                  for node in nodes)
+    trained = _put_steps((s.params, s.opt_state, s.train_loss_sum, s.train_loss_steps), nodes, steps)
+    return s.replace(**dict(zip(("params", "opt_state", "train_loss_sum", "train_loss_steps"), trained)))
+
+
 def host_steps(sim: Simulation) -> bool:
     """Whether :func:`advance` takes local steps node by node from the host (see above)."""
     return bool(getattr(sim.spec.task, "host_steps", False)) and sim.mesh is None
@@ -442,11 +451,7 @@ def _advance_from_host(sim: Simulation, s: SimState, ticks: int) -> SimState:
         tick, who = jax.device_get((s.tick, who))  # the one sync per stepping tick: who steps next
         if tick >= end:
             return s
-        nodes = np.flatnonzero(who).astype(np.int32)
-        steps = tuple(_node_step(spec, p.lr, p.data.train, (s.params, s.opt_state), _plan_of(s), node)
-                      for node in nodes)
-        trained = _put_steps((s.params, s.opt_state, s.train_loss_sum, s.train_loss_steps), nodes, steps)
-        s = s.replace(**dict(zip(("params", "opt_state", "train_loss_sum", "train_loss_steps"), trained)))
+        s = _steps_from_host(spec, p, s, np.flatnonzero(who).astype(np.int32))
         s, who = _ticks_between_steps(spec, p, s, jnp.asarray(end, jnp.int32), jnp.asarray(True))
 
 
