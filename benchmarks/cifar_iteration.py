@@ -1,8 +1,9 @@
 """Wall time of one 128-step iteration of GN-LeNet for 60 nodes (the reference's CIFAR-10 setting).
 
-The engine (vmapped local steps; on CPU the im2col convolution) against a client-sequential loop (one jitted
-single-node SGD step called node after node, the way most FL simulators run clients) doing the same local
-work, in the same process. Run from the repository root::
+The engine (on CPU its local steps run node by node from the host, with native convolutions; on
+accelerators vmapped) against a client-sequential loop (one jitted single-node SGD step called node after
+node, the way most FL simulators run clients) doing the same local work, in the same process. Run from the
+repository root::
 
     PYTHONPATH=. python benchmarks/cifar_iteration.py --data-dir ../shared/data/cifar10 [--nodes 60]
 """

@@ -18,7 +18,9 @@ on CPU, the state is put right before a boundary instead of training through K s
 (snapshot, mix, flush, send); then no node steps for K ticks (``next_step_tick`` moved ahead: the network
 alone runs, messages land) and at the K-th tick every node steps again and reaches boundary 2, mixing the
 messages that landed (``applied`` > 0 is checked). Only values change, never shapes, and the memory of a
-compiled XLA program is fixed by its buffers, not by how many ticks it runs. The evaluation runs over the
+compiled XLA program is fixed by its buffers, not by how many ticks it runs. GN-LeNet on CPU runs as
+``engine.advance`` takes its steps there (node by node from the host); the XLA figures are then those of
+the vmapped tick loop that sweeps run. The evaluation runs over the
 first ``task.eval_node_batch`` evaluated nodes (one ``lax.map`` block: the full evaluation's buffers, for a
 fraction of its time; CIFAR-10 scores one model at a time on the 10,000 test images).
 
@@ -151,6 +153,8 @@ def run_and_evaluate(sim: engine.Simulation, compiled: Any, evaluate: Any, state
     n, k = sim.spec.nodes, sim.spec.local_steps
 
     def run(state, ticks: int):
+        if engine.host_steps(sim):  # GN-LeNet on CPU: the steps node by node, as engine.advance takes them
+            return jax.block_until_ready(engine.advance(sim, state, ticks))
         return jax.block_until_ready(compiled(sim.params, state, jnp.asarray(ticks, jnp.int32)))
 
     last_step = lambda: jnp.full(n, k - 1, jnp.int32)  # a fresh array: states are donated

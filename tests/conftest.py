@@ -9,12 +9,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _free_compiled_programs():
-    """Drop every compiled program after each test module. XLA CPU maps each program's code into memory
-    mappings of its own; the whole suite compiles enough programs to reach the kernel's limit
-    (vm.max_map_count, 65,530 by default), where the compiler crashes with a segmentation fault."""
+    """After each test, drop JAX's compiled programs if they hold half the memory mappings the kernel allows,
+    as ``divjax.execution`` does between runs: XLA CPU maps each program's code into mappings of its own, and
+    the whole suite compiles enough programs to reach the limit (vm.max_map_count, 65,530 by default), where
+    the compiler crashes with a segmentation fault. Below it, programs are kept for later tests."""
     yield
-    import jax
+    from divjax import execution
 
-    jax.clear_caches()
+    execution.free_compiled_programs_if_many()
