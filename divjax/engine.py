@@ -253,7 +253,7 @@ def _minibatch(spec: SimSpec, train, plan: tuple, node: jax.Array):
     batch_idx, batch_mask, step_in_iter = plan
     step = jnp.minimum(step_in_iter[node], spec.local_steps - 1)
     idx = batch_idx[node, step]
-    return train.x[node][idx], train.y[node][idx], batch_mask[node, step]
+    return train.x[node, idx], train.y[node, idx], batch_mask[node, step]  # one gather each, never a whole shard
 
 
 def _plan_of(s: SimState) -> tuple:
@@ -394,6 +394,9 @@ def _advance(spec: SimSpec, p: SimParams, s: SimState, ticks: jax.Array) -> SimS
 # call dispatched from the host, as a client-sequential loop does; the rest of every tick stays compiled.
 
 
+HOST_PUT_NODES = 64  # host-taken steps written back at once: bounds the new models held in between
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _node_step(spec: SimSpec, lr: jax.Array, train, trained: tuple, plan: tuple, node: jax.Array):
     """Node ``node``'s local step alone: its new params, optimiser state and loss (``trained`` is the stacked
@@ -431,10 +434,13 @@ def _ticks_between_steps(spec: SimSpec, p: SimParams, s: SimState, end: jax.Arra
 
 def _steps_from_host(spec: SimSpec, p: SimParams, s: SimState, nodes: np.ndarray) -> SimState:
     """The local steps of ``nodes`` at tick ``s.tick + 1``, each node's its own call (the compute phase of
-    a tick that :func:`advance` drives from the host)."""
-    steps = tuple(_node_step(spec, p.lr, p.data.train, (s.params, s.opt_state), _plan_of(s), node)
-                  for node in nodes)
-    trained = _put_steps((s.params, s.opt_state, s.train_loss_sum, s.train_loss_steps), nodes, steps)
+    a tick that :func:`advance` drives from the host), written back HOST_PUT_NODES at a time."""
+    trained = (s.params, s.opt_state, s.train_loss_sum, s.train_loss_steps)
+    for start in range(0, len(nodes), HOST_PUT_NODES):
+        block = nodes[start:start + HOST_PUT_NODES]
+        # A block's steps read the models the previous block's write-back left: their own rows are untouched.
+        steps = tuple(_node_step(spec, p.lr, p.data.train, trained[:2], _plan_of(s), node) for node in block)
+        trained = _put_steps(trained, block, steps)
     return s.replace(**dict(zip(("params", "opt_state", "train_loss_sum", "train_loss_steps"), trained)))
 
 

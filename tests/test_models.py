@@ -139,7 +139,7 @@ def test_gn_lenet_local_steps_in_node_blocks_equal_all_at_once():
 
 
 @pytest.mark.parametrize("algorithm", ["divshare", "dpsgd"])
-def test_gn_lenet_steps_from_the_host_equal_vmapped_steps(algorithm):
+def test_gn_lenet_steps_from_the_host_equal_vmapped_steps(algorithm, monkeypatch):
     """``conv="per-node"`` takes each node's step in its own call from the host (engine.advance's host
     driver); it must simulate what the vmapped im2col steps do: the same steps at the same ticks (compute
     stragglers make the stepping nodes differ from tick to tick; D-PSGD's nodes wait for each other), the
@@ -152,6 +152,7 @@ def test_gn_lenet_steps_from_the_host_equal_vmapped_steps(algorithm):
     data = TaskData(train=stack_shards(images, labels, parts), test=stack_shards(images, labels, [parts[0]]))
     cfg = tiny(algorithm=algorithm, nodes=nodes, degree=2, local_steps=3, batch_size=4, compute_stragglers=2,
                compute_slowdown=2.0)
+    monkeypatch.setattr(engine, "HOST_PUT_NODES", 2)  # written back in blocks of 2, 2 and 1 nodes
     states = {}
     for conv in ("per-node", "im2col"):
         sim = engine.build(cfg, task=Cifar10Task(conv=conv), data=data)
