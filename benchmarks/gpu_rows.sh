@@ -9,7 +9,7 @@
 # Every step has its own time limit, so a slow one cannot starve the rest; each writes its figures and a log
 # into OUT (at most 8 files come back from a device call: the steps write 7). Sizes can be overridden for a
 # dry run on CPU, e.g. CIFAR_NODES=16 SYNTH_NODES=64 MEMORY_NODES=16 RUN_SECONDS=5 SEEDS_SECONDS=5
-# SMALL="--nodes 8 --eval-nodes 2 --test-samples 256" (SMALL goes to the run and the seeds steps).
+# SMALL="--nodes 8 --eval-nodes 2 --test-samples 256" (SMALL goes to the run and the seeds steps) PYTHON=.venv/bin/python.
 # shellcheck disable=SC2086  # MEMORY_NODES and SMALL are word lists
 set -u
 DATA=${1:?usage: gpu_rows.sh DATA_DIR OUT_DIR}
@@ -20,6 +20,7 @@ MEMORY_NODES=${MEMORY_NODES:-1024 4096 10000}  # target: >= 10,000 GN-LeNet node
 RUN_SECONDS=${RUN_SECONDS:-800}                # target: the 60-node CIFAR-10 run of 800 s in <= 60 s
 SEEDS_SECONDS=${SEEDS_SECONDS:-40}             # target: 8 vmapped seeds in <= 3x the time of one
 SMALL=${SMALL:-}
+PYTHON=${PYTHON:-python3}
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 LOG="$OUT/gpu_rows.log"
@@ -32,15 +33,15 @@ step() {  # step LIMIT_SECONDS NAME COMMAND...: run it, log it, never stop the s
     echo "== $name: exit $? at $(date -u +%T)" | tee -a "$LOG"
 }
 
-(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi") | tee -a "$LOG"
-step 200 throughput python benchmarks/throughput.py --workloads cifar10,synthetic \
+(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi") | tee -a "$LOG"
+step 200 throughput "$PYTHON" benchmarks/throughput.py --workloads cifar10,synthetic \
     --nodes "cifar10=$CIFAR_NODES;synthetic=$SYNTH_NODES" --cifar10-dir "$DATA/cifar10" --out "$OUT/throughput_gpu"
-step 90 run python -m divjax.cli run --task cifar10 --data-dir "$DATA/cifar10" --algorithms divshare \
+step 90 run "$PYTHON" -m divjax.cli run --task cifar10 --data-dir "$DATA/cifar10" --algorithms divshare \
     --duration "$RUN_SECONDS" $SMALL --no-progress --out "$OUT/run" --overwrite
-cp "$OUT/run/divshare/summary.json" "$OUT/run_summary.json" 2>/dev/null; rm -rf "$OUT/run"
-step 80 seeds python benchmarks/seeds.py --data-dir "$DATA/cifar10" --seeds 8 --duration "$SEEDS_SECONDS" \
+cp "$OUT/run/summary.json" "$OUT/run_summary.json"; rm -rf "$OUT/run"
+step 80 seeds "$PYTHON" benchmarks/seeds.py --data-dir "$DATA/cifar10" --seeds 8 --duration "$SEEDS_SECONDS" \
     $SMALL --out "$OUT/seeds_gpu.json"
-step 110 memory python benchmarks/memory.py --workloads cifar10 --nodes $MEMORY_NODES \
+step 110 memory "$PYTHON" benchmarks/memory.py --workloads cifar10 --nodes $MEMORY_NODES \
     --data-dir-cifar10 "$DATA/cifar10" --out "$OUT/memory_gpu"
 rm -f "$OUT"/memory_gpu.csv "$OUT"/memory_gpu.png  # the json holds every figure; keep within 8 files
 ls -la "$OUT" | tee -a "$LOG"
