@@ -452,6 +452,8 @@ def host_steps(sim: Simulation) -> bool:
 def _advance_from_host(sim: Simulation, s: SimState, ticks: int) -> SimState:
     spec, p = sim.spec, sim.params
     end = int(s.tick) + ticks
+    if ticks == 0:  # a no-op run is how callers compile: compile a node's step too (its result is dropped)
+        _node_step(spec, p.lr, p.data.train, (s.params, s.opt_state), _plan_of(s), np.int32(0))
     s, who = _ticks_between_steps(spec, p, s, jnp.asarray(end, jnp.int32), jnp.asarray(False))
     while True:
         tick, who = jax.device_get((s.tick, who))  # the one sync per stepping tick: who steps next
