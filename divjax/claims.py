@@ -81,6 +81,12 @@ class Finding:
     detail: list[str]
 
 
+def _lost(group: Group, method: str) -> str:
+    """A marker for a row whose messages were lost to capacity: it is not the unbounded reference's run."""
+    lost = group.methods[method]["lost"]
+    return f" [{LABELS[method]} lost {int(lost):,} messages to capacity]" if lost else ""
+
+
 def _verdict(best: float, paper: float, scales: set[str], neutral: float = 0.0) -> str:
     """``best`` against the paper's figure; ``neutral``: the value at which DivShare is no better."""
     word = "reproduced" if best >= paper else "partly" if best > neutral else "not reproduced"
@@ -102,11 +108,12 @@ def time_to_accuracy_claim(gs: Sequence[Group]) -> Finding | None:
                  math.nan if math.isinf(divshare[1]) else adpsgd / divshare[1])
         shown = "∞ (AD-PSGD never reaches it)" if math.isinf(ratio) else (
             "- (DivShare never reaches it)" if math.isnan(ratio) else f"{ratio:.2f}x")
+        lost = _lost(g, "adpsgd") + _lost(g, divshare[0])
         detail.append(f"{g.experiment}/{g.setting}: AD-PSGD {_seconds(adpsgd)}, {LABELS[divshare[0]]} "
-                      f"{_seconds(divshare[1])} → {shown}")
+                      f"{_seconds(divshare[1])} → {shown}{lost}")
         scales.add(g.scale)
         if not math.isnan(ratio) and ratio > best:
-            best, where = ratio, f"{g.experiment}/{g.setting}"
+            best, where = ratio, f"{g.experiment}/{g.setting}{lost}"
     if not detail:
         return None
     target = next(g for g in gs if g.task == "cifar10").methods
@@ -135,11 +142,12 @@ def accuracy_claim(gs: Sequence[Group]) -> Finding | None:
     detail, best, where, scales = [], -math.inf, "", set()
     for g, divshare, baseline, base in _versus_baselines(gs, "cifar10", "accuracy", lower=False):
         points, relative = 100 * (divshare[1] - base), (divshare[1] - base) / base if base > 0 else math.nan
+        lost = _lost(g, baseline) + _lost(g, divshare[0])
         detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
-                      f"{LABELS[baseline]} {base:.3f}: {points:+.1f} points ({relative:+.1%})")
+                      f"{LABELS[baseline]} {base:.3f}: {points:+.1f} points ({relative:+.1%}){lost}")
         scales.add(g.scale)
         if max(points, 100 * relative) > best:
-            best, where = max(points, 100 * relative), f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
+            best, where = max(points, 100 * relative), f"{g.experiment}/{g.setting} vs {LABELS[baseline]}{lost}"
     if not detail:
         return None
     return Finding("final CIFAR-10 accuracy, best DivShare vs each baseline", "up to +19.4 %",
@@ -152,11 +160,12 @@ def loss_claim(gs: Sequence[Group]) -> Finding | None:
     detail, best, where, scales = [], -math.inf, "", set()
     for g, divshare, baseline, base in _versus_baselines(gs, "movielens", "loss", lower=True):
         reduction = (base - divshare[1]) / base
+        lost = _lost(g, baseline) + _lost(g, divshare[0])
         detail.append(f"{g.experiment}/{g.setting}: {LABELS[divshare[0]]} {divshare[1]:.3f} vs "
-                      f"{LABELS[baseline]} {base:.3f}: {_lower(reduction)}")
+                      f"{LABELS[baseline]} {base:.3f}: {_lower(reduction)}{lost}")
         scales.add(g.scale)
         if 100 * reduction > best:
-            best, where = 100 * reduction, f"{g.experiment}/{g.setting} vs {LABELS[baseline]}"
+            best, where = 100 * reduction, f"{g.experiment}/{g.setting} vs {LABELS[baseline]}{lost}"
     if not detail:
         return None
     return Finding("final MovieLens test RMSE, best DivShare vs each baseline", "up to 9.5 % lower",

@@ -112,10 +112,10 @@ def test_cifar_grid_validates_at_every_scale():
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
-def _row(method, setting, accuracy=0.5, loss=1.0, tta=100.0, task="cifar10", stragglers=7, seed=0):
+def _row(method, setting, accuracy=0.5, loss=1.0, tta=100.0, task="cifar10", stragglers=7, seed=0, lost=0):
     return dict(task=task, experiment="main", scale="full", setting=setting, method=method, seed=seed,
                 stragglers=stragglers, final_mean_accuracy=accuracy, final_mean_test_loss=loss,
-                time_to_target_s=tta, target_accuracy=0.6, messages_lost_to_capacity=0, wall_seconds=1.0)
+                time_to_target_s=tta, target_accuracy=0.6, messages_lost_to_capacity=lost, wall_seconds=1.0)
 
 
 def test_time_to_accuracy_verdicts():
@@ -142,6 +142,21 @@ def test_accuracy_and_loss_verdicts_average_seeds():
     movielens = [_row("divshare-0.1", "a", loss=0.95, task="movielens"), _row("swift", "a", loss=1.0, task="movielens")]
     finding = claims.loss_claim(claims.groups(movielens))
     assert finding.measured == "up to 5.0 % lower" and finding.verdict == "partly"
+    assert "capacity" not in finding.where
+
+
+def test_rows_that_lost_messages_to_capacity_are_marked():
+    """A baseline whose queue or snapshot ring overflowed is a bounded run, not the reference's: the claim
+    that rests on it says so, in its detail and where it names the best setting."""
+    rows = [_row("divshare-0.1", "a", loss=0.5, task="movielens"),
+            _row("swift", "a", loss=1.0, task="movielens", lost=6272, seed=0),
+            _row("swift", "a", loss=1.0, task="movielens", lost=10, seed=1),
+            _row("divshare-0.1", "b", loss=0.9, task="movielens"), _row("swift", "b", loss=1.0, task="movielens")]
+    finding = claims.loss_claim(claims.groups(rows))
+    assert finding.where == "main/a vs Swift [Swift lost 6,282 messages to capacity]"
+    assert [("capacity" in line) for line in finding.detail] == [True, False]
+    never = [_row("divshare-0.1", "a"), _row("adpsgd", "a", tta=math.inf, lost=5)]
+    assert "[AD-PSGD lost 5 messages to capacity]" in claims.time_to_accuracy_claim(claims.groups(never)).where
 
 
 def test_compiled_programs_are_dropped_before_the_kernels_limit_on_memory_mappings(tmp_path, monkeypatch):
