@@ -452,15 +452,16 @@ def host_steps(sim: Simulation) -> bool:
 def _advance_from_host(sim: Simulation, s: SimState, ticks: int) -> SimState:
     spec, p = sim.spec, sim.params
     end = int(s.tick) + ticks
+    end_tick = jnp.asarray(end, jnp.int32)
     if ticks == 0:  # a no-op run is how callers compile: compile a node's step too (its result is dropped)
         _node_step(spec, p.lr, p.data.train, (s.params, s.opt_state), _plan_of(s), np.int32(0))
-    s, who = _ticks_between_steps(spec, p, s, jnp.asarray(end, jnp.int32), jnp.asarray(False))
+    s, who = _ticks_between_steps(spec, p, s, end_tick, jnp.asarray(False))
     while True:
         tick, who = jax.device_get((s.tick, who))  # the one sync per stepping tick: who steps next
         if tick >= end:
             return s
         s = _steps_from_host(spec, p, s, np.flatnonzero(who).astype(np.int32))
-        s, who = _ticks_between_steps(spec, p, s, jnp.asarray(end, jnp.int32), jnp.asarray(True))
+        s, who = _ticks_between_steps(spec, p, s, end_tick, jnp.asarray(True))
 
 
 def advance(sim: Simulation, state: SimState, ticks: int) -> SimState:
