@@ -56,7 +56,8 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
                        "time_to_target": _mean([r["time_to_target_s"] for r in rs]),
                        "target": rs[0]["target_accuracy"], "seeds": len(rs),
                        "lost": sum(r["messages_lost_to_capacity"] for r in rs),
-                       "wall": sum(r["wall_seconds"] for r in rs)}
+                       "wall": sum(r["wall_seconds"] for r in rs if not r.get("copied_from")),
+                       "copied": sum(bool(r.get("copied_from")) for r in rs)}
                    for m, rs in methods.items()}
         out.append(Group(task, experiment, setting, scale, stragglers, figures))
     return out
@@ -186,7 +187,9 @@ def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:
         mine = [g for g in gs if (g.task, g.experiment) == (task, experiment)]
         info = json.loads((out / f"{task}-{experiment}" / EXPERIMENT_FILE).read_text())
         wall = sum(f["wall"] for g in mine for f in g.methods.values())
-        lines += [f"### {task} — {experiment} ({info['scale']} scale, {wall / 3600:.2f} h of wall time)", "",
+        copied = sum(f["copied"] for g in mine for f in g.methods.values())
+        reused = f"; {copied} run(s) copied from the identical row of another experiment" if copied else ""
+        lines += [f"### {task} — {experiment} ({info['scale']} scale, {wall / 3600:.2f} h of wall time{reused})", "",
                   f"![curves]({task}-{experiment}/curves.png)", "", f"![bars]({task}-{experiment}/bars.png)", "",
                   "| setting | method | seeds | final accuracy | final test loss | time to target | lost |",
                   "|---|---|---|---|---|---|---|"]

@@ -16,7 +16,9 @@ compute     compute time per iteration (not recorded by the reference), 7 x5    
 
 (core: DivShare Ω = 0.1, AD-PSGD, Swift.) Each (method, setting, seed) runs into its own run directory
 ``OUT/<task>-<experiment>/<method>/<setting>/seed<k>`` (see :mod:`divjax.rundir`): an interrupted
-reproduction continues where it stopped when the same command is run again. After every run the
+reproduction continues where it stopped when the same command is run again, and a row whose configuration
+another experiment has already run (main's 7 x5 straggler row is also degree J = 6, transport fifo and the
+compute row at the preset's iteration time) is copied from it, not run twice. After every run the
 experiment's tidy ``curves.csv`` and ``summary.csv`` and its plots are rebuilt from every finished run, and
 :func:`write_report` turns all experiments under ``OUT`` into ``REPRODUCTION.md``.
 
@@ -40,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 from divjax import execution
 from divjax.config import TRANSPORTS, Config, ConfigError
-from divjax.rundir import RunDirectory, RunDirectoryError, environment, write_atomic
+from divjax.rundir import RunDirectory, RunDirectoryError, config_hash, environment, write_atomic
 
 EXPERIMENT_FILE = "experiment.json"  # task, experiment, scale, machine, configuration, the command to rerun it
 EXPERIMENTS = ("main", "degree", "stragglers", "diablo", "transport", "compute")
@@ -229,8 +231,13 @@ def run_experiment(experiment: str, task: str, out: str | Path, *, scale: str = 
     for i, (row, seed) in enumerate(todo, 1):
         path = where / row.method.slug / row.setting / f"seed{seed}"
         label = f"[{i}/{len(todo)}] {task}-{experiment} {row.setting} seed{seed}"
-        run = _open_or_create(path, row.config.replace(seed=seed))
-        if not run.complete:
+        config = row.config.replace(seed=seed)
+        twin = None if (path / "status.json").is_file() else _finished_twin(Path(out), config)
+        if twin is not None:
+            copy = twin.copy_to(path, source=twin.status.get("copied_from") or twin.path.relative_to(out).as_posix())
+            if progress:
+                print(f"{label} {row.method.slug}: the same configuration as {copy.status['copied_from']}, copied")
+        elif not (run := _open_or_create(path, config)).complete:
             execution.execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds, label=label)
         elif progress:
             print(f"{label} {row.method.slug}: done before, kept")
@@ -268,6 +275,21 @@ def machine() -> str:
     env = environment()
     return (f"{platform.machine()} with {os.cpu_count()} cores, {jax.device_count()} x {env['devices']} "
             f"({env['backend']}), Python {env['python']}, jax {env['jax']}")
+
+
+def _finished_twin(out: Path, config: Config) -> RunDirectory | None:
+    """A finished run of exactly ``config`` on this backend in another experiment under ``out``, if any.
+
+    Grids overlap: the 7 x5 straggler row of ``main`` is also ``degree`` J = 6, ``transport`` fifo and
+    ``compute`` at the preset's iteration time. Runs are deterministic, so such a row is copied, not run again.
+    """
+    want, backend = config_hash([config]), environment()
+    for status_path in sorted(Path(out).glob("*/*/*/seed*/status.json")):
+        status = json.loads(status_path.read_text())
+        if (status.get("complete") and status.get("config_hash") == want
+                and all(status["environment"].get(k) == backend[k] for k in ("backend", "devices"))):
+            return RunDirectory.open(status_path.parent)
+    return None
 
 
 def _open_or_create(path: Path, config: Config) -> RunDirectory:
@@ -316,7 +338,8 @@ def collect(where: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             continue
         (config,) = run.configs
         key = {"experiment": info["experiment"], "scale": info["scale"], "setting": run.path.parent.name, **describe(config)}
-        summaries.append({**key, **{c: run.status["summaries"][config.algorithm][c] for c in SUMMARY_COLUMNS}})
+        summaries.append({**key, **{c: run.status["summaries"][config.algorithm][c] for c in SUMMARY_COLUMNS},
+                          "copied_from": run.status.get("copied_from", "")})
         for row in run.rows():
             curves.append({**key, **{c: float(row[c]) for c in CURVE_COLUMNS}})
     _write_csv(where / "curves.csv", curves)
@@ -349,7 +372,8 @@ def read_summaries(out: str | Path) -> list[dict[str, Any]]:
 
 
 def _number(key: str, value: str) -> Any:
-    if key in ("task", "experiment", "scale", "setting", "method", "method_label", "network", "transport"):
+    if key in ("task", "experiment", "scale", "setting", "method", "method_label", "network", "transport",
+               "copied_from"):
         return value
     if value == "":
         return math.inf if key == "time_to_target_s" else math.nan

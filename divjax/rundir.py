@@ -35,6 +35,7 @@ import numpy as np
 from divjax.config import Config, ConfigError
 
 CONFIG, STATUS, METRICS = "config.json", "status.json", "metrics.csv"
+RESULTS = ("summary.json", "accuracy.png")  # written once the run is complete
 # A checkpoint's file is named after its digest and written before status.json points to it, so a kill between
 # the two leaves the previous checkpoint, still named in status.json, intact; stale ones are removed after.
 CHECKPOINTS = "checkpoint-*"  # the .npz ones, and the .msgpack ones of earlier versions (not resumable)
@@ -135,7 +136,7 @@ class RunDirectory:
             if not overwrite:
                 raise RunDirectoryError(f"{path} already exists and is not empty: choose another --out, "
                                         f"continue it with `divjax resume {path}`, or pass --overwrite")
-            for name in (CONFIG, STATUS, METRICS, "summary.json", "accuracy.png"):
+            for name in (CONFIG, STATUS, METRICS, *RESULTS):
                 (path / name).unlink(missing_ok=True)
             _remove_checkpoints(path, keep=None)
         path.mkdir(parents=True, exist_ok=True)
@@ -241,6 +242,23 @@ class RunDirectory:
             by_algorithm.setdefault(row["algorithm"], []).append(row)
         return [(a, {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "algorithm"})
                 for a, rows in by_algorithm.items()]
+
+    def copy_to(self, path: str | os.PathLike, source: str) -> RunDirectory:
+        """This complete run's files as the run directory ``path`` (which must not hold a run yet), its
+        ``status.json`` saying ``copied_from: source``. The simulation is deterministic, so a run of the same
+        configuration on the same backend would write these very files: copying them is running it again."""
+        if not self.complete:
+            raise RunDirectoryError(f"{self.path} is not complete: only a finished run can be copied")
+        path = Path(path)
+        if (path / STATUS).is_file():
+            raise RunDirectoryError(f"{path} already holds a run: a run is copied into a new directory")
+        path.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, METRICS, *RESULTS):
+            if (self.path / name).is_file():
+                write_atomic(path / name, (self.path / name).read_bytes())
+        copy = RunDirectory(path=path, configs=list(self.configs), status={**self.status, "copied_from": source})
+        copy._write_status()  # last: the copy is complete only once every other file is there
+        return copy
 
     def mark_complete(self) -> None:
         self.status["complete"] = True

@@ -89,6 +89,23 @@ def test_a_reproduction_continues_where_it_stopped(tmp_path):
     assert "synthetic — main" in (tmp_path / "REPRODUCTION.md").read_text()
 
 
+def test_a_row_another_experiment_already_ran_is_copied_not_run_again(tmp_path):
+    common = ["--task", "synthetic", "--scale", "tiny", "--methods", "divshare-0.1", "--no-progress"]
+    assert cli.main(["reproduce", "main", *common, "--settings", "stragglers7x5", "--out", str(tmp_path)]) == 0
+    assert cli.main(["reproduce", "degree", *common, "--settings", "degree6-stragglers7x5,degree3-stragglers7x5",
+                     "--out", str(tmp_path)]) == 0
+    rows = {r["setting"]: r for r in _summary(tmp_path / "synthetic-degree" / "summary.csv")}
+    assert rows["degree6-stragglers7x5"]["copied_from"] == "synthetic-main/divshare-0.1/stragglers7x5/seed0"
+    assert rows["degree3-stragglers7x5"]["copied_from"] == ""  # J = 3 is no other experiment's row: it ran
+    # The copy is what running the row would write: the same row run alone, into another directory.
+    assert cli.main(["reproduce", "degree", *common, "--settings", "degree6-stragglers7x5",
+                     "--out", str(tmp_path / "alone")]) == 0
+    run = "divshare-0.1/degree6-stragglers7x5/seed0/metrics.csv"
+    copied, alone = (tmp_path / "synthetic-degree" / run), (tmp_path / "alone" / "synthetic-degree" / run)
+    assert copied.read_text() == alone.read_text() and len(copied.read_text().splitlines()) > 2
+    assert "1 run(s) copied from the identical row" in (tmp_path / "REPRODUCTION.md").read_text()
+
+
 def test_bad_reproduce_arguments_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["reproduce", "main", "--task", "synthetic", "--seeds", "0", "--out", str(tmp_path)])
