@@ -43,6 +43,10 @@ def _mean(values: Sequence[float]) -> float:
     return math.inf if any(math.isinf(v) for v in values) else sum(values) / len(values)
 
 
+def _range(values: Sequence[float]) -> tuple[float, float]:
+    return min(values), max(values)
+
+
 def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
     """Summary rows grouped by (task, experiment, setting), seeds averaged (a time to target is ``inf``
     if any seed never reached it)."""
@@ -53,6 +57,8 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
     for (task, experiment, setting, scale, stragglers), methods in by_key.items():
         figures = {m: {"accuracy": _mean([r["final_mean_accuracy"] for r in rs]),
                        "loss": _mean([r["final_mean_test_loss"] for r in rs]),
+                       "accuracy_range": _range([r["final_mean_accuracy"] for r in rs]),
+                       "loss_range": _range([r["final_mean_test_loss"] for r in rs]),
                        "time_to_target": _mean([r["time_to_target_s"] for r in rs]),
                        "target": rs[0]["target_accuracy"], "seeds": len(rs),
                        "lost": sum(r["messages_lost_to_capacity"] for r in rs),
@@ -181,6 +187,12 @@ def _seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.0f} s"
 
 
+def _spread(mean: float, extremes: tuple[float, float]) -> str:
+    """A mean over seeds, with its seeds' minimum to maximum when they differ."""
+    low, high = extremes
+    return f"{mean:.3f}" if low == high else f"{mean:.3f} ({low:.3f}–{high:.3f})"
+
+
 def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:
     lines = []
     for task, experiment in dict.fromkeys((g.task, g.experiment) for g in gs):
@@ -191,12 +203,14 @@ def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:
         reused = f"; {copied} run(s) copied from the identical row of another experiment" if copied else ""
         lines += [f"### {task} — {experiment} ({info['scale']} scale, {wall / 3600:.2f} h of wall time{reused})", "",
                   f"![curves]({task}-{experiment}/curves.png)", "", f"![bars]({task}-{experiment}/bars.png)", "",
-                  "| setting | method | seeds | final accuracy | final test loss | time to target | lost |",
+                  "| setting | method | seeds | final accuracy (min–max over seeds) | final test loss (min–max) | "
+                  "time to target | lost |",
                   "|---|---|---|---|---|---|---|"]
         for g in mine:
             for method, f in g.methods.items():
-                lines.append(f"| {g.setting} | {LABELS[method]} | {f['seeds']} | {f['accuracy']:.3f} | "
-                             f"{f['loss']:.3f} | {_seconds(f['time_to_target'])} (target {f['target']:.0%}) | "
+                lines.append(f"| {g.setting} | {LABELS[method]} | {f['seeds']} | "
+                             f"{_spread(f['accuracy'], f['accuracy_range'])} | {_spread(f['loss'], f['loss_range'])} | "
+                             f"{_seconds(f['time_to_target'])} (target {f['target']:.0%}) | "
                              f"{int(f['lost']):,} |")
         lines += ["", f"Configuration: `{info['config']}`", "",
                   f"Rerun one row: `{info['command']} --methods METHOD --settings SETTING`", ""]

@@ -2,6 +2,7 @@
 the verdict rules of REPRODUCTION.md."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -160,6 +161,17 @@ def test_accuracy_and_loss_verdicts_average_seeds():
     finding = claims.loss_claim(claims.groups(movielens))
     assert finding.measured == "up to 5.0 % lower" and finding.verdict == "partly"
     assert "capacity" not in finding.where
+
+
+def test_experiment_tables_show_the_seeds_spread(tmp_path):
+    (tmp_path / "cifar10-main").mkdir()
+    (tmp_path / "cifar10-main" / reproduce.EXPERIMENT_FILE).write_text(
+        json.dumps({"scale": "full", "config": "c", "command": "divjax reproduce main"}))
+    rows = [_row("divshare-0.1", "a", accuracy=0.6, seed=0), _row("divshare-0.1", "a", accuracy=0.5, seed=1),
+            _row("adpsgd", "a", accuracy=0.45)]
+    table = "\n".join(claims._experiment_tables(claims.groups(rows), tmp_path))
+    assert "| a | DivShare Ω=0.1 | 2 | 0.550 (0.500–0.600) | 1.000 |" in table  # equal losses: no range
+    assert "| a | AD-PSGD | 1 | 0.450 | 1.000 |" in table
 
 
 def test_rows_that_lost_messages_to_capacity_are_marked():
