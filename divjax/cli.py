@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"{', '.join(SCALES)}: the paper's configuration, a CPU-sized one with the same "
                                 "mechanisms, or seconds-long (default: full)")
     reproduce.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per row (default: 1)")
+    reproduce.add_argument("--vmap-seeds", action="store_true",
+                           help="run a row's seeds as one vmapped program where their shapes allow (one compile; "
+                                "fastest on an accelerator; memory x seeds; an interrupted row restarts)")
     reproduce.add_argument("--methods", help="comma-separated method slugs to run (default: the experiment's)")
     reproduce.add_argument("--settings", help="comma-separated setting slugs to run (default: all)")
     reproduce.add_argument("--out", type=Path, default=Path("reproduction"), help="default: ./reproduction")
@@ -205,7 +208,7 @@ def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 reproduce.run_experiment(experiment, args.task, args.out, scale=args.scale, data_dir=args.data_dir,
                                          seeds=range(args.seeds), methods=_split(args.methods),
                                          settings=_split(args.settings), progress=not args.no_progress,
-                                         checkpoint_seconds=args.checkpoint_every)
+                                         checkpoint_seconds=args.checkpoint_every, vmap_seeds=args.vmap_seeds)
         else:  # rebuild every experiment's tables and plots from its run directories
             for info in sorted(args.out.glob(f"*/{reproduce.EXPERIMENT_FILE}")):
                 reproduce.collect(info.parent)

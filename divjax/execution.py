@@ -3,17 +3,21 @@
 Shared by ``divjax run``, ``divjax resume`` and ``divjax reproduce``: each algorithm of the run directory
 that has not finished runs from its verified checkpoint (or from the start), its metrics are written after
 every evaluation, and its whole state at most every ``checkpoint_seconds`` of wall time.
+:func:`execute_together` runs several fresh run directories of one shape as one vmapped program.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from divjax import engine, report, runner
+from divjax import engine, report, runner, sweep
 from divjax.rundir import RunDirectory
 
 
@@ -43,6 +47,31 @@ def execute(run: RunDirectory, progress: bool = True, checkpoint_seconds: float 
         free_compiled_programs_if_many()
     report.finalize(run)
     return [run.status["summaries"][cfg.algorithm] for cfg in run.configs]
+
+
+def execute_together(runs: Sequence[RunDirectory], progress: bool = True, label: str | None = None) -> None:
+    """Run fresh run directories of one algorithm each, whose configurations share their shapes (seeds,
+    say), as one vmapped program (:mod:`divjax.sweep`), and finalise each. Their metrics are written after
+    every evaluation but no checkpoint is taken (a member's state alone does not resume the vmapped program):
+    interrupted, they start again from the beginning. Raises ``ValueError`` (before anything runs) when the
+    configurations do not share their shapes."""
+    for run in runs:
+        if len(run.configs) != 1 or run.finished or run.status.get("checkpoint"):
+            raise ValueError(f"{run.path}: only fresh run directories of one algorithm run together")
+    together = sweep.stack([engine.build(run.configs[0]) for run in runs])
+    hooks = [functools.partial(_save_metrics, run) for run in runs]
+    results = sweep.simulate(together, progress=progress, label=label, after_evaluation=hooks)
+    for run, result in zip(runs, results):
+        # Each member's share of the sweep's times, so that summed over runs they count the sweep once.
+        result = dataclasses.replace(result, wall_seconds=result.wall_seconds / len(runs),
+                                     compile_seconds=result.compile_seconds / len(runs))
+        run.finish_algorithm(run.configs[0].algorithm, result.summary())
+        report.finalize(run)
+    free_compiled_programs_if_many()
+
+
+def _save_metrics(run: RunDirectory, progress_now: runner.Progress) -> None:
+    run.save_progress(run.configs[0].algorithm, progress_now.entries, None)
 
 
 def memory_mappings() -> tuple[int, int] | None:

@@ -219,30 +219,57 @@ def experiment_dir(out: Path, task: str, experiment: str) -> Path:
 def run_experiment(experiment: str, task: str, out: str | Path, *, scale: str = "full",
                    data_dir: str | None = None, seeds: Sequence[int] = (0,), methods: Sequence[str] | None = None,
                    settings: Sequence[str] | None = None, progress: bool = True,
-                   checkpoint_seconds: float = 60.0) -> Path:
+                   checkpoint_seconds: float = 60.0, vmap_seeds: bool = False) -> Path:
     """Run (or continue) every row x seed of an experiment that has not finished, then rebuild its tables
-    and plots; return the experiment's directory."""
+    and plots; return the experiment's directory.
+
+    ``vmap_seeds``: a row's seeds that have not started run as one vmapped program (:mod:`divjax.sweep`),
+    where their shapes allow (otherwise one after another, saying why). One compilation for all of them and,
+    on an accelerator, several seeds in little more time than one; memory grows with the number of seeds,
+    and an interrupted group starts again (no checkpoints). Members match separate runs up to float32
+    rounding (see :mod:`divjax.sweep`)."""
     rows = experiment_rows(experiment, task, scale, data_dir, methods, settings)
     for seed in seeds:
         Config().replace(seed=seed).validate()
     where = experiment_dir(Path(out), task, experiment)
     _record_experiment(where, task, experiment, scale, base=_scaled(Config.for_task(task, data_dir), scale)[0])
-    todo = [(row, seed) for row in rows for seed in seeds]
-    for i, (row, seed) in enumerate(todo, 1):
-        path = where / row.method.slug / row.setting / f"seed{seed}"
-        label = f"[{i}/{len(todo)}] {task}-{experiment} {row.setting} seed{seed}"
-        config = row.config.replace(seed=seed)
-        twin = None if (path / "status.json").is_file() else _finished_twin(Path(out), config)
-        if twin is not None:
-            copy = twin.copy_to(path, source=twin.status.get("copied_from") or twin.path.relative_to(out).as_posix())
-            if progress:
-                print(f"{label} {row.method.slug}: the same configuration as {copy.status['copied_from']}, copied")
-        elif not (run := _open_or_create(path, config)).complete:
-            execution.execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds, label=label)
-        elif progress:
-            print(f"{label} {row.method.slug}: done before, kept")
+    done = 0
+    for row in rows:
+        label = f"[{done + 1}-{done + len(seeds)}/{len(rows) * len(seeds)}] {task}-{experiment} {row.setting}"
+        todo = [run for seed in seeds if (run := _prepare(Path(out), where, row, seed, progress)) is not None]
+        if vmap_seeds and len(todo) > 1 and not any(run.status.get("checkpoint") for run in todo):
+            try:
+                execution.execute_together(todo, progress=progress,
+                                           label=f"{label} {row.method.slug}, {len(todo)} seeds vmapped")
+                todo = []
+            except ValueError as err:  # their shapes differ: one after another
+                print(f"{label} {row.method.slug}: the seeds run one after another ({err})")
+        for run in todo:
+            execution.execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds,
+                              label=f"{label} seed{run.configs[0].seed}")
+        done += len(seeds)
         collect(where)
     return where
+
+
+def _prepare(out: Path, where: Path, row: Row, seed: int, progress: bool) -> RunDirectory | None:
+    """The run directory of ``row`` at ``seed``, opened or created, if it still has to run; ``None`` when it
+    is finished (before, or just now copied from an identical run of another experiment)."""
+    path = where / row.method.slug / row.setting / f"seed{seed}"
+    config = row.config.replace(seed=seed)
+    label = f"{where.name} {row.setting} seed{seed} {row.method.slug}"
+    twin = None if (path / "status.json").is_file() else _finished_twin(out, config)
+    if twin is not None:
+        copy = twin.copy_to(path, source=twin.status.get("copied_from") or twin.path.relative_to(out).as_posix())
+        if progress:
+            print(f"{label}: the same configuration as {copy.status['copied_from']}, copied")
+        return None
+    run = _open_or_create(path, config)
+    if run.complete:
+        if progress:
+            print(f"{label}: done before, kept")
+        return None
+    return run
 
 
 def _record_experiment(where: Path, task: str, experiment: str, scale: str, base: Config) -> None:

@@ -26,7 +26,7 @@ import functools
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -117,9 +117,11 @@ def advance(sweep: Sweep, states: SimState, ticks: int) -> SimState:
     return _advance(sweep.spec, sweep.params, states, jnp.asarray(ticks, jnp.int32))
 
 
-def simulate(sweep: Sweep, *, progress: bool = True, label: str | None = None) -> list[RunResult]:
+def simulate(sweep: Sweep, *, progress: bool = True, label: str | None = None,
+             after_evaluation: Sequence[Callable[[Progress], None]] | None = None) -> list[RunResult]:
     """Run every member for ``config.duration``, evaluating every ``config.evaluation_period``: one
-    :class:`~divjax.runner.RunResult` per member, as :func:`divjax.runner.simulate` would give it."""
+    :class:`~divjax.runner.RunResult` per member, as :func:`divjax.runner.simulate` would give it.
+    ``after_evaluation``: one callback per member, called with its :class:`Progress` after every evaluation."""
     first = sweep.sims[0]
     start = time.perf_counter()
     states = advance(sweep, initial_states(sweep), 0)  # compiles the vmapped tick loop (a no-op run)
@@ -127,7 +129,8 @@ def simulate(sweep: Sweep, *, progress: bool = True, label: str | None = None) -
     compile_seconds = time.perf_counter() - start
 
     runs = [Progress(state=state, entries=[], node_accuracy=[], done=0) for state in unstack_trees(states)]
-    recorders = [Recorder(sim, run) for sim, run in zip(sweep.sims, runs)]
+    hooks = after_evaluation if after_evaluation is not None else [None] * len(sweep)
+    recorders = [Recorder(sim, run, hook) for sim, run, hook in zip(sweep.sims, runs, hooks, strict=True)]
 
     def record(states: SimState) -> SimState:  # each member is evaluated as its own run is
         members = unstack_trees(states)
