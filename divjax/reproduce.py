@@ -224,8 +224,8 @@ def run_experiment(experiment: str, task: str, out: str | Path, *, scale: str = 
     and plots; return the experiment's directory.
 
     ``vmap_seeds``: a row's seeds that have not started run as one vmapped program (:mod:`divjax.sweep`),
-    where their shapes allow (otherwise one after another, saying why). One compilation for all of them and,
-    on an accelerator, several seeds in little more time than one; memory grows with the number of seeds,
+    where their shapes allow (otherwise one after another, saying why). One compilation for all of them, and
+    on an accelerator the seeds share the device's width; memory grows with the number of seeds,
     and an interrupted group starts again (no checkpoints). Members match separate runs up to float32
     rounding (see :mod:`divjax.sweep`)."""
     rows = experiment_rows(experiment, task, scale, data_dir, methods, settings)
