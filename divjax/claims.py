@@ -44,7 +44,9 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _range(values: Sequence[float]) -> tuple[float, float]:
-    return min(values), max(values)
+    """The seeds' minimum and maximum, of the finite values only (nan when none is: every seed diverged)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else (math.nan, math.nan)
 
 
 def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
@@ -188,9 +190,9 @@ def _seconds(value: float) -> str:
 
 
 def _spread(mean: float, extremes: tuple[float, float]) -> str:
-    """A mean over seeds, with its seeds' minimum to maximum when they differ."""
-    low, high = extremes
-    return f"{mean:.3f}" if low == high else f"{mean:.3f} ({low:.3f}–{high:.3f})"
+    """A mean over seeds, with its finite seeds' minimum to maximum when they differ at three decimals."""
+    low, high = (f"{v:.3f}" for v in extremes)
+    return f"{mean:.3f}" if low == high else f"{mean:.3f} ({low}–{high})"
 
 
 def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:

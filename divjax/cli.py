@@ -214,8 +214,8 @@ def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 reproduce.collect(info.parent)
         path = claims.write_report(args.out, args.notes)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to continue from the last checkpoints in {args.out}",
-              file=sys.stderr)
+        print(f"\ninterrupted: run the same command again to continue from the last checkpoints in {args.out} "
+              "(a row of vmapped seeds starts again)", file=sys.stderr)
         return 130
     except (runner.DivergenceError, runner.CapacityError, RunDirectoryError, DataError, FileNotFoundError) as err:
         print(f"divjax: error: {err}", file=sys.stderr)

@@ -49,22 +49,45 @@ def execute(run: RunDirectory, progress: bool = True, checkpoint_seconds: float 
     return [run.status["summaries"][cfg.algorithm] for cfg in run.configs]
 
 
-def execute_together(runs: Sequence[RunDirectory], progress: bool = True, label: str | None = None) -> None:
+class CannotRunTogether(ValueError):
+    """Run directories that one vmapped program cannot run: not fresh, or not of one shape."""
+
+
+def fresh(run: RunDirectory) -> bool:
+    """Nothing of ``run`` has finished or been checkpointed yet: it would start from the beginning."""
+    return not run.finished and not run.status.get("checkpoint")
+
+
+def execute_together(runs: Sequence[RunDirectory], progress: bool = True, checkpoint_seconds: float = 30.0,
+                     label: str | None = None) -> None:
     """Run fresh run directories of one algorithm each, whose configurations share their shapes (seeds,
-    say), as one vmapped program (:mod:`divjax.sweep`), and finalise each. Their metrics are written after
-    every evaluation but no checkpoint is taken (a member's state alone does not resume the vmapped program):
-    interrupted, they start again from the beginning. Raises ``ValueError`` (before anything runs) when the
-    configurations do not share their shapes."""
-    for run in runs:
-        if len(run.configs) != 1 or run.finished or run.status.get("checkpoint"):
-            raise ValueError(f"{run.path}: only fresh run directories of one algorithm run together")
-    together = sweep.stack([engine.build(run.configs[0]) for run in runs])
+    say), as one vmapped program (:mod:`divjax.sweep`), and finalise each (``status.json`` records
+    ``vmapped_with``: the group's size). Their metrics are written after every evaluation but no checkpoint
+    is taken (a member's state alone does not resume the vmapped program): interrupted, they start again.
+
+    Raises :class:`CannotRunTogether` before anything runs when the runs are not fresh or do not share their
+    shapes. When a member stops the program (divergence under ``on_divergence='stop'``, lost messages under
+    ``on_capacity='error'``), every member runs again on its own (:func:`execute`), in order: the members
+    before the failing one finish, and the error is raised by its own run."""
+    if not all(len(run.configs) == 1 and fresh(run) for run in runs):
+        raise CannotRunTogether("only fresh run directories of one algorithm each run together")
+    sims = [engine.build(run.configs[0]) for run in runs]
+    try:
+        together = sweep.stack(sims)
+    except ValueError as err:  # other shapes, data or evaluation times
+        raise CannotRunTogether(str(err)) from None
     hooks = [functools.partial(_save_metrics, run) for run in runs]
-    results = sweep.simulate(together, progress=progress, label=label, after_evaluation=hooks)
+    try:
+        results = sweep.simulate(together, progress=progress, label=label, after_evaluation=hooks)
+    except (runner.DivergenceError, runner.CapacityError):
+        for run in runs:
+            execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds, label=label)
+        return
     for run, result in zip(runs, results):
         # Each member's share of the sweep's times, so that summed over runs they count the sweep once.
         result = dataclasses.replace(result, wall_seconds=result.wall_seconds / len(runs),
                                      compile_seconds=result.compile_seconds / len(runs))
+        run.status["vmapped_with"] = len(runs)
         run.finish_algorithm(run.configs[0].algorithm, result.summary())
         report.finalize(run)
     free_compiled_programs_if_many()

@@ -17,10 +17,11 @@ compute     compute time per iteration (not recorded by the reference), 7 x5    
 (core: DivShare Ω = 0.1, AD-PSGD, Swift.) Each (method, setting, seed) runs into its own run directory
 ``OUT/<task>-<experiment>/<method>/<setting>/seed<k>`` (see :mod:`divjax.rundir`): an interrupted
 reproduction continues where it stopped when the same command is run again, and a row whose configuration
-another experiment has already run (main's 7 x5 straggler row is also degree J = 6, transport fifo and the
-compute row at the preset's iteration time) is copied from it, not run twice. After every run the
-experiment's tidy ``curves.csv`` and ``summary.csv`` and its plots are rebuilt from every finished run, and
-:func:`write_report` turns all experiments under ``OUT`` into ``REPRODUCTION.md``.
+another experiment has already run (main's 7 x5 straggler row is also degree J = 6, transport fifo, the
+compute row at the preset's iteration time and a stragglers row) is copied from it, not run twice. After
+every row (all its seeds) the experiment's tidy ``curves.csv`` and ``summary.csv`` and its plots are
+rebuilt from every finished run, and :func:`write_report` turns all experiments under ``OUT`` into
+``REPRODUCTION.md``.
 
 *Scales*: ``full`` is the paper's configuration (60 nodes, 800 simulated seconds, every node evaluated);
 ``reduced`` keeps the mechanisms (same network, J, Ω, stragglers, compute-to-communication ratio) at a cost a
@@ -224,10 +225,11 @@ def run_experiment(experiment: str, task: str, out: str | Path, *, scale: str = 
     and plots; return the experiment's directory.
 
     ``vmap_seeds``: a row's seeds that have not started run as one vmapped program (:mod:`divjax.sweep`),
-    where their shapes allow (otherwise one after another, saying why). One compilation for all of them, and
-    on an accelerator the seeds share the device's width; memory grows with the number of seeds,
-    and an interrupted group starts again (no checkpoints). Members match separate runs up to float32
-    rounding (see :mod:`divjax.sweep`)."""
+    where their shapes allow (otherwise one after another, saying why); seeds with a checkpoint resume on
+    their own. One compilation for all of them, and on an accelerator the seeds share the device's width;
+    memory grows with the number of seeds, and an interrupted group starts again (no checkpoints). Members
+    match separate runs up to float32 rounding (see :mod:`divjax.sweep`), so a vmapped run is never copied
+    into another experiment's row."""
     rows = experiment_rows(experiment, task, scale, data_dir, methods, settings)
     for seed in seeds:
         Config().replace(seed=seed).validate()
@@ -237,16 +239,17 @@ def run_experiment(experiment: str, task: str, out: str | Path, *, scale: str = 
     for row in rows:
         label = f"[{done + 1}-{done + len(seeds)}/{len(rows) * len(seeds)}] {task}-{experiment} {row.setting}"
         todo = [run for seed in seeds if (run := _prepare(Path(out), where, row, seed, progress)) is not None]
-        if vmap_seeds and len(todo) > 1 and not any(run.status.get("checkpoint") for run in todo):
+        fresh = [run for run in todo if execution.fresh(run)]  # the others resume from their checkpoints
+        if vmap_seeds and len(fresh) > 1:
             try:
-                execution.execute_together(todo, progress=progress,
-                                           label=f"{label} {row.method.slug}, {len(todo)} seeds vmapped")
-                todo = []
-            except ValueError as err:  # their shapes differ: one after another
+                execution.execute_together(fresh, progress=progress, checkpoint_seconds=checkpoint_seconds,
+                                           label=f"{label} {row.method.slug}, {len(fresh)} seeds vmapped")
+            except execution.CannotRunTogether as err:
                 print(f"{label} {row.method.slug}: the seeds run one after another ({err})")
         for run in todo:
-            execution.execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds,
-                              label=f"{label} seed{run.configs[0].seed}")
+            if not run.complete:
+                execution.execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds,
+                                  label=f"{label} seed{run.configs[0].seed}")
         done += len(seeds)
         collect(where)
     return where
@@ -305,16 +308,18 @@ def machine() -> str:
 
 
 def _finished_twin(out: Path, config: Config) -> RunDirectory | None:
-    """A finished run of exactly ``config`` on this backend in another experiment under ``out``, if any.
+    """A finished run of exactly ``config`` in another experiment under ``out``, run alone (not vmapped with
+    other seeds) on this backend with these versions of jax and divjax, if any.
 
-    Grids overlap: the 7 x5 straggler row of ``main`` is also ``degree`` J = 6, ``transport`` fifo and
-    ``compute`` at the preset's iteration time. Runs are deterministic, so such a row is copied, not run again.
+    Grids overlap: the 7 x5 straggler row of ``main`` is also ``degree`` J = 6, ``transport`` fifo,
+    ``compute`` at the preset's iteration time and a row of ``stragglers``, as is main's no-straggler row.
+    Runs are deterministic, so such a row is copied, not run again.
     """
-    want, backend = config_hash([config]), environment()
+    want, here = config_hash([config]), environment()
     for status_path in sorted(Path(out).glob("*/*/*/seed*/status.json")):
         status = json.loads(status_path.read_text())
-        if (status.get("complete") and status.get("config_hash") == want
-                and all(status["environment"].get(k) == backend[k] for k in ("backend", "devices"))):
+        if (status.get("complete") and status.get("config_hash") == want and "vmapped_with" not in status
+                and all(status["environment"].get(k) == here[k] for k in ("backend", "devices", "jax", "divjax"))):
             return RunDirectory.open(status_path.parent)
     return None
 

@@ -127,6 +127,19 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
     assert json.loads((out / "status.json").read_text())["complete"]
 
 
+def test_a_diverging_seed_among_vmapped_seeds_stops_only_itself(tmp_path):
+    from divjax import execution
+    from divjax.rundir import RunDirectory
+
+    runs = [RunDirectory.create(tmp_path / f"seed{seed}", [tiny(duration=4.0, eval_every=1.0, seed=seed, lr=lr)])
+            for seed, lr in ((0, 0.05), (1, 1e8))]  # lr 1e8 diverges at t = 3 s
+    with pytest.raises(runner.DivergenceError):
+        execution.execute_together(runs, progress=False)
+    # The group stopped at the diverging seed's evaluation, so each seed ran again alone: seed 0 finished.
+    assert runs[0].complete and len(runs[0].rows()) == 5 and "vmapped_with" not in runs[0].status
+    assert not runs[1].complete
+
+
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     cfg = tiny(duration=3.0, eval_every=1.0)
     run = RunDirectory.create(tmp_path / "run", [cfg])

@@ -105,6 +105,11 @@ def test_a_row_another_experiment_already_ran_is_copied_not_run_again(tmp_path):
     copied, alone = (tmp_path / "synthetic-degree" / run), (tmp_path / "alone" / "synthetic-degree" / run)
     assert copied.read_text() == alone.read_text() and len(copied.read_text().splitlines()) > 2
     assert "1 run(s) copied from the identical row" in (tmp_path / "REPRODUCTION.md").read_text()
+    # A copy of a copy names the run that was made: compute's row at the preset's iteration is main's too.
+    assert cli.main(["reproduce", "compute", *common, "--settings", "iteration1.6s-stragglers7x5",
+                     "--out", str(tmp_path)]) == 0
+    (row,) = _summary(tmp_path / "synthetic-compute" / "summary.csv")
+    assert row["copied_from"] == "synthetic-main/divshare-0.1/stragglers7x5/seed0"
 
 
 def test_vmapped_seeds_match_seeds_run_one_after_another(tmp_path, monkeypatch, capsys):
@@ -121,9 +126,11 @@ def test_vmapped_seeds_match_seeds_run_one_after_another(tmp_path, monkeypatch, 
     for key in ("final_mean_accuracy", "final_mean_test_loss", "mean_iterations", "delivery_ratio_stragglers"):
         assert [float(r[key]) for r in vmapped] == pytest.approx([float(r[key]) for r in alone], rel=1e-5)
     assert vmapped[0]["wall_seconds"] == vmapped[1]["wall_seconds"]  # each seed's share of the one program
+    status = json.loads((tmp_path / "vmapped/synthetic-main/divshare-0.1/stragglers7x5/seed1/status.json").read_text())
+    assert status["vmapped_with"] == 2
     # Where the seeds' shapes differ, they run one after another instead, and say why.
     def shapes_differ(*args, **kwargs):
-        raise ValueError("shapes")
+        raise execution.CannotRunTogether("shapes")
 
     monkeypatch.setattr(execution, "execute_together", shapes_differ)
     assert cli.main(args + ["--vmap-seeds", "--out", str(tmp_path / "fallback")]) == 0
@@ -193,9 +200,15 @@ def test_experiment_tables_show_the_seeds_spread(tmp_path):
         json.dumps({"scale": "full", "config": "c", "command": "divjax reproduce main"}))
     rows = [_row("divshare-0.1", "a", accuracy=0.6, seed=0), _row("divshare-0.1", "a", accuracy=0.5, seed=1),
             _row("adpsgd", "a", accuracy=0.45)]
-    table = "\n".join(claims._experiment_tables(claims.groups(rows), tmp_path))
+    rows += [dict(_row("divshare-0.1", "b", accuracy=0.6, seed=0), wall_seconds=5.0),
+             dict(_row("divshare-0.1", "b", loss=math.nan, seed=1), copied_from="main/x")]
+    gs = claims.groups(rows)
+    table = "\n".join(claims._experiment_tables(gs, tmp_path))
     assert "| a | DivShare Ω=0.1 | 2 | 0.550 (0.500–0.600) | 1.000 |" in table  # equal losses: no range
     assert "| a | AD-PSGD | 1 | 0.450 | 1.000 |" in table
+    assert "| b | DivShare Ω=0.1 | 2 | 0.550 (0.500–0.600) | nan |" in table  # a diverged seed: no range
+    figures = next(g for g in gs if g.setting == "b").methods["divshare-0.1"]
+    assert figures["wall"] == 5.0 and figures["copied"] == 1  # a copied run's wall time is counted once
 
 
 def test_rows_that_lost_messages_to_capacity_are_marked():
