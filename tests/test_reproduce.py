@@ -116,26 +116,25 @@ def test_vmapped_seeds_match_seeds_run_one_after_another(tmp_path, monkeypatch, 
     from divjax import execution, sweep
 
     args = ["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--methods", "divshare-0.1",
-            "--settings", "stragglers7x5", "--seeds", "2", "--no-progress"]
+            "--settings", "stragglers7x5", "--seeds", "2", "--no-progress", "--vmap-seeds"]
     compiled = sum(sweep.TRACES.values())
-    assert cli.main(args + ["--vmap-seeds", "--out", str(tmp_path / "vmapped")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "vmapped")]) == 0
     assert sum(sweep.TRACES.values()) == compiled + 1  # both seeds in one compiled program
+    status = json.loads((tmp_path / "vmapped/synthetic-main/divshare-0.1/stragglers7x5/seed1/status.json").read_text())
+    assert status["vmapped_with"] == 2
+
+    # Where the seeds cannot run together, they run one after another instead, and say why.
+    def shapes_differ(*args, **kwargs):
+        raise execution.CannotRunTogether("shapes")
+
+    monkeypatch.setattr(execution, "execute_together", shapes_differ)
     assert cli.main(args + ["--out", str(tmp_path / "alone")]) == 0
+    assert "one after another (shapes)" in capsys.readouterr().out
     vmapped, alone = (_summary(tmp_path / d / "synthetic-main" / "summary.csv") for d in ("vmapped", "alone"))
     assert [r["seed"] for r in vmapped] == [r["seed"] for r in alone] == ["0", "1"]
     for key in ("final_mean_accuracy", "final_mean_test_loss", "mean_iterations", "delivery_ratio_stragglers"):
         assert [float(r[key]) for r in vmapped] == pytest.approx([float(r[key]) for r in alone], rel=1e-5)
     assert vmapped[0]["wall_seconds"] == vmapped[1]["wall_seconds"]  # each seed's share of the one program
-    status = json.loads((tmp_path / "vmapped/synthetic-main/divshare-0.1/stragglers7x5/seed1/status.json").read_text())
-    assert status["vmapped_with"] == 2
-    # Where the seeds' shapes differ, they run one after another instead, and say why.
-    def shapes_differ(*args, **kwargs):
-        raise execution.CannotRunTogether("shapes")
-
-    monkeypatch.setattr(execution, "execute_together", shapes_differ)
-    assert cli.main(args + ["--vmap-seeds", "--out", str(tmp_path / "fallback")]) == 0
-    assert "one after another (shapes)" in capsys.readouterr().out
-    assert len(_summary(tmp_path / "fallback" / "synthetic-main" / "summary.csv")) == 2
 
 
 def test_bad_reproduce_arguments_exit_2(tmp_path, capsys):
