@@ -80,6 +80,9 @@ def execute_together(runs: Sequence[RunDirectory], progress: bool = True, checkp
     try:
         results = sweep.simulate(together, progress=progress, label=label, after_evaluation=hooks)
     except (runner.DivergenceError, runner.CapacityError):
+        results = None  # leave the except block first: its traceback holds the group's states
+    if results is None:
+        del together, sims
         for run in runs:
             execute(run, progress=progress, checkpoint_seconds=checkpoint_seconds, label=label)
         return
