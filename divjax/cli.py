@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from divjax.config import (
     CONV_IMPLEMENTATIONS,
     MOVIELENS_VARIANTS,
     NETWORK_PRESETS,
+    ON_CAPACITY,
+    ON_DIVERGENCE,
     PARTITIONS,
     TASKS,
     TOPOLOGIES,
@@ -48,6 +51,14 @@ _FIELDS: list[tuple[str, str, type, str]] = [
     ("--conv", "task.conv", str, f"GN-LeNet convolutions: {', '.join(CONV_IMPLEMENTATIONS)}"),
     ("--eval-nodes", "task.eval_nodes", int, "evaluate this many nodes (evenly spread); default all"),
     ("--test-samples", "task.test_samples", int, "score on the first this-many CIFAR-10 test images; default all"),
+    ("--alpha", "task.alpha", float, "synthetic task: how much the labelling functions differ across nodes"),
+    ("--beta", "task.beta", float, "synthetic task: how much the inputs differ across nodes"),
+    ("--hidden", "task.hidden", int, "synthetic task: hidden units of the MLP (0: logistic regression)"),
+    ("--samples-mean-log", "task.samples_mean_log", float,
+     "synthetic task: a node's training samples are 50 + LogNormal(this, --samples-sigma-log)"),
+    ("--samples-sigma-log", "task.samples_sigma_log", float, "synthetic task: see --samples-mean-log"),
+    ("--samples-cap", "task.samples_cap", int, "synthetic task: most training samples of a node"),
+    ("--partition-seed", "task.partition_seed", int, "seed of the CIFAR-10 partition (the reference's: 1234)"),
     ("--dim", "task.dim", int, "quadratic task: number of parameters d"),
     ("--zeta", "task.zeta", float, "quadratic task: heterogeneity of the node optima"),
     ("--sigma", "task.sigma", float, "quadratic task: noise on every target"),
@@ -73,6 +84,8 @@ _FIELDS: list[tuple[str, str, type, str]] = [
     ("--topology", "topology", str, f"D-PSGD's graph: {', '.join(TOPOLOGIES)}"),
     ("--queue-capacity", "queue_capacity", int, "message records per sender (default: from the algorithm)"),
     ("--snapshot-slots", "snapshot_slots", int, "model snapshots kept per sender (default: from the algorithm)"),
+    ("--on-capacity", "on_capacity", str, f"messages lost to a full queue or ring: {', '.join(ON_CAPACITY)}"),
+    ("--on-divergence", "on_divergence", str, f"a NaN or inf model: {', '.join(ON_DIVERGENCE)} the run"),
     ("--network", "network.preset", str, f"network preset: {', '.join(NETWORK_PRESETS)}"),
     ("--stragglers", "network.stragglers", int, "communication stragglers (node ids 0..k-1)"),
     ("--slowdown", "network.slowdown", float, "bandwidth divisor of a communication straggler"),
@@ -91,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="simulate one or more algorithms and write a run directory",
                          description="Simulate one or more algorithms on one configuration; print a table and "
                                      "write config.json, metrics.csv, summary.json and accuracy.png.")
-    run.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS), metavar="LIST",
-                     help=f"comma-separated, from {', '.join(ALGORITHMS)} (default: {','.join(DEFAULT_ALGORITHMS)})")
+    run.add_argument("--algorithms", metavar="LIST",
+                     help=f"comma-separated, from {', '.join(ALGORITHMS)} (default: a run directory's --config "
+                          f"list, else {','.join(DEFAULT_ALGORITHMS)})")
     run.add_argument("--config", type=Path, metavar="FILE",
                      help="JSON config to start from: fields of divjax.Config, or a run directory's config.json")
     for flag, name, kind, text in _FIELDS:
@@ -142,25 +156,27 @@ def _field(config: Config, name: str) -> Any:
     return obj
 
 
-def _load_config(path: Path | None, task: str | None, data_dir: str | None) -> Config:
+def _load_config(path: Path | None, task: str | None, data_dir: str | None) -> tuple[Config, list[str] | None]:
+    """The config to start from, and the algorithms a run directory's ``config.json`` lists (else None)."""
     if path is None:
-        return Config.for_task(task or "synthetic", data_dir)
+        return Config.for_task(task or "synthetic", data_dir), None
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"--config {path}: not valid JSON ({err})") from None
+    algorithms = None
     if isinstance(data, dict) and "config" in data:  # a run directory's config.json
-        data = data["config"]
+        data, algorithms = data["config"], data.get("algorithms")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of config fields")
-    return Config.from_dict(data)
+    return Config.from_dict(data), algorithms
 
 
 def configs_from_args(args: argparse.Namespace) -> list[Config]:
     """The validated configs a ``run`` command line asks for, one per algorithm."""
-    base = _load_config(args.config, getattr(args, "task.name"), getattr(args, "task.data_dir"))
+    base, stored = _load_config(args.config, getattr(args, "task.name"), getattr(args, "task.data_dir"))
     top: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {"network": {}, "task": {}}
     for _, name, _, _ in _FIELDS:
@@ -172,7 +188,10 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
         top.setdefault("eval_every_iterations", None)
     base = dataclasses.replace(base, network=dataclasses.replace(base.network, **nested["network"]),
                                task=dataclasses.replace(base.task, **nested["task"]), **top)
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if args.algorithms is None:
+        algorithms = list(stored or DEFAULT_ALGORITHMS)
+    else:
+        algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not algorithms:
         raise ConfigError(f"--algorithms={args.algorithms!r} is not allowed: name at least one of "
                           + ", ".join(ALGORITHMS))
@@ -180,6 +199,20 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
     for cfg in configs:
         cfg.validate()
     return configs
+
+
+def mid_iteration_note(config: Config) -> str | None:
+    """A note when ``duration`` ends mid-iteration of a regular node: its final evaluation then scores local
+    models that have drifted since their last mix (lower accuracy, higher consensus distance than at a
+    boundary), so the final figures are not comparable with a run that ends on a boundary."""
+    iteration = config.local_steps * config.step_time
+    iterations = config.duration / iteration
+    if abs(iterations - round(iterations)) < 1e-9:
+        return None
+    below, above = math.floor(iterations) * iteration, math.ceil(iterations) * iteration
+    return (f"note: --duration {config.duration:g} is not a whole number of iterations ({iteration:g} s): the final "
+            f"evaluation falls mid-iteration, on local models that drifted since their last mix; "
+            + (f"{below:g} or " if below > 0 else "") + f"{above:g} ends on a boundary")
 
 
 def _report(run: RunDirectory, summaries: list[dict[str, Any]]) -> None:
@@ -244,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
         else:
             configs = configs_from_args(args)
+            if (note := mid_iteration_note(configs[0])) is not None:
+                print(note, file=sys.stderr)
             first = engine.build(configs[0])  # loads the data: a bad data directory fails here, with no run dir
             out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
             run = RunDirectory.create(out, configs, overwrite=args.overwrite)

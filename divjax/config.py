@@ -16,6 +16,8 @@ from typing import Any
 
 ALGORITHMS = ("divshare", "swift", "adpsgd", "dpsgd")
 TRANSPORTS = ("fifo", "shared")
+ON_CAPACITY = ("warn", "error")  # Config.on_capacity
+ON_DIVERGENCE = ("stop", "continue")  # Config.on_divergence
 NETWORK_PRESETS = ("uniform", "stragglers", "diablo")
 TOPOLOGIES = ("ring", "torus", "exponential", "complete", "regular")
 TASKS = ("synthetic", "cifar10", "movielens", "quadratic")
@@ -340,8 +342,8 @@ class Config:
             _integer("queue_capacity", self.queue_capacity, 1)
         if self.snapshot_slots is not None:
             _integer("snapshot_slots", self.snapshot_slots, 2)
-        _choice("on_capacity", self.on_capacity, ("warn", "error"))
-        _choice("on_divergence", self.on_divergence, ("stop", "continue"))
+        _choice("on_capacity", self.on_capacity, ON_CAPACITY)
+        _choice("on_divergence", self.on_divergence, ON_DIVERGENCE)
         ticks = self.duration / self.tick
         _require(1 <= ticks < 2**24, "duration", self.duration,
                  f"between one tick and 2**24 ticks per run (duration / dt = {ticks:.3g})")

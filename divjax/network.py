@@ -78,6 +78,12 @@ class Network:
     def nodes(self) -> int:
         return len(self.up_bps)
 
+    def stragglers(self) -> np.ndarray:
+        """Ids of the communication stragglers: nodes whose own link (the slower of its upload and download)
+        is slower than the fastest node's. None on a uniform network or one capped only between sites."""
+        link = np.minimum(np.asarray(self.up_bps, np.float64), np.asarray(self.down_bps, np.float64))
+        return np.flatnonzero(link < link.max())
+
     def path_rate_bps(self) -> np.ndarray:
         """``[n, n]`` bandwidth of the path s -> r when it carries a single message."""
         cap = np.asarray(self.group_cap_bps, np.float64)[np.ix_(self.group, self.group)]

@@ -42,12 +42,13 @@ class RunResult:
       config: the configuration that ran.
       history: one array per metric, one entry per evaluation (``time`` in simulated seconds, then
         ``mean_accuracy``, ``min_accuracy``, ``max_accuracy``, ``mean_test_loss``, ``average_model_accuracy``,
-        ``average_model_test_loss``, ``consensus_distance``, ``train_loss``).
+        ``average_model_test_loss``, ``consensus_distance``, ``train_loss``, ``diverged_nodes``: nodes whose
+        model or loss is not finite).
       node_accuracy: ``[evaluations, len(eval_nodes)]`` test accuracy of every evaluated node.
       eval_nodes: the nodes evaluated (all unless ``task.eval_nodes`` says fewer).
       counters: per-node message accounting at the end (``sent``, ``applied``, ...) and ``in_flight``.
       iterations: ``[n]`` iterations each node completed.
-      stragglers: ids of the communication stragglers.
+      stragglers: ids of the communication stragglers (:meth:`divjax.network.Network.stragglers`).
       compile_seconds, wall_seconds: host time spent compiling, and in all (compilation included).
       node_steps: local SGD steps summed over nodes.
       state: the final simulation state (for diagnostics).
@@ -288,11 +289,10 @@ def result_of(sim: Simulation, run: Progress, compile_seconds: float, wall_secon
     history = {k: np.array([e[k] for e in run.entries]) for k in run.entries[0]}
     iterations, step_in_iter = sharding.to_host((state.iteration, state.step_in_iter))
     node_steps = int(iterations.sum()) * cfg.local_steps + int(step_in_iter.sum())
-    stragglers = np.arange(cfg.network.stragglers if cfg.network.preset == "stragglers" else 0)
     result = RunResult(config=cfg, history=history, node_accuracy=np.stack(run.node_accuracy),
                        eval_nodes=np.asarray(sim.eval_nodes),
                        counters=_counters_to_numpy(state.counters, state), iterations=iterations,
-                       stragglers=stragglers, compile_seconds=compile_seconds, wall_seconds=wall_seconds,
+                       stragglers=sim.network.stragglers(), compile_seconds=compile_seconds, wall_seconds=wall_seconds,
                        node_steps=node_steps, state=state)
     _warn_if_capacity_overflowed(result, sim)
     return result

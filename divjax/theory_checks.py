@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax import diagnostics, engine, theory
+from divjax import network as network_lib
 from divjax.config import Config, NetworkConfig, TaskConfig
 from divjax.engine import Simulation
 from divjax.state import SimState
@@ -133,8 +134,7 @@ class AveragingRun:
 
     @property
     def stragglers(self) -> np.ndarray:
-        net = self.config.network
-        return np.arange(net.stragglers if net.preset == "stragglers" else 0)
+        return network_lib.from_config(self.config.network, self.config.nodes).stragglers()
 
     def row(self) -> dict[str, Any]:
         """The run's headline numbers, flat (one row of a results table)."""

@@ -1,6 +1,7 @@
 """The Python API and the `divjax run` command, end to end on tiny configurations."""
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import divjax
-from divjax import cli, engine
+from divjax import cli, engine, network
+from divjax.config import Config, NetworkConfig, TaskConfig
 from tests.helpers import tiny
 
 
@@ -23,6 +25,22 @@ def test_api_runs_and_reports():
     assert summary["algorithm"] == "divshare" and summary["messages_sent"] > 0
     assert 0 <= summary["delivery_ratio_stragglers"] <= 1 and 0 <= summary["delivery_ratio_fast"] <= 1
     assert len(result.rows()) == 3
+    assert result.stragglers.tolist() == [0]
+
+
+def test_a_custom_networks_stragglers_are_its_slow_nodes(tmp_path):
+    """The stragglers (whose delivery ratio the summary reports apart) come from the network that ran, not
+    from the config's preset it replaced."""
+    net = network.stragglers(6, count=0, fast_mbps=0.5, latency_ms=2.0)
+    slow = dataclasses.replace(net, up_bps=net.up_bps * np.array([1, 1, 1, 1, 0.25, 0.25]))
+    assert slow.stragglers().tolist() == [4, 5] and net.stragglers().size == 0
+    result = divjax.run(tiny(duration=5.0), network=slow, progress=False)
+    assert result.stragglers.tolist() == [4, 5]
+    # One run directory holds one configuration: results differing in more than the algorithm are refused.
+    other_seed = divjax.run(tiny(duration=5.0, seed=1, algorithm="swift"), progress=False)
+    with pytest.raises(ValueError, match="differs from the divshare one in seed"):
+        divjax.write_run_dir([result, other_seed], tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()
 
 
 def test_training_learns():
@@ -58,7 +76,9 @@ def test_cli_end_to_end(tmp_path):
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # The run directory's config.json runs again from the CLI.
     again = cli.configs_from_args(cli._parser().parse_args(["run", "--config", str(out / "config.json")]))
-    assert again[0].nodes == 6
+    assert [c.algorithm for c in again] == ["divshare", "swift"] and again[0].nodes == 6  # its own algorithms
+    other = cli._parser().parse_args(["run", "--config", str(out / "config.json"), "--algorithms", "adpsgd"])
+    assert [c.algorithm for c in cli.configs_from_args(other)] == ["adpsgd"]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -81,3 +101,18 @@ def test_cli_help_documents_every_flag():
     for flag in ("--algorithms", "--nodes", "--degree", "--omega", "--stragglers", "--network", "--dt",
                  "--duration", "--seed", "--out", "--transport"):
         assert flag in text
+
+
+def test_a_duration_ending_mid_iteration_gets_a_note():
+    assert cli.mid_iteration_note(divjax.Config()) is None  # 800 s of 1.6 s iterations
+    note = cli.mid_iteration_note(divjax.Config(duration=100.0))
+    assert "not a whole number of iterations (1.6 s)" in note and "99.2 or 100.8 ends on a boundary" in note
+    assert "0 or" not in cli.mid_iteration_note(divjax.Config(duration=1.0))
+
+
+def test_every_config_field_is_a_flag():
+    """The README promises it: a field added to the config without a flag fails here."""
+    fields = {f.name for f in dataclasses.fields(Config)} - {"network", "task", "algorithm"}  # --algorithms
+    fields |= {f"network.{f.name}" for f in dataclasses.fields(NetworkConfig)}
+    fields |= {f"task.{f.name}" for f in dataclasses.fields(TaskConfig)}
+    assert fields == {name for _, name, _, _ in cli._FIELDS}
