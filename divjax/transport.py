@@ -180,16 +180,22 @@ def max_min_rates(active: jax.Array, receiver: jax.Array, links: Links) -> jax.A
 
 
 def advance_shared(queue: MessageQueue, counters: Counters, links: Links, since: jax.Array, until: jax.Array,
-                   fragment_bits: jax.Array, on_land: LandingHook | None = None,
-                   ) -> tuple[MessageQueue, Counters]:
-    """Move bits over ``(since, until]``, event by event (completions, and landings if ``on_land``)."""
+                   fragment_bits: jax.Array, on_land: LandingHook | None = None, *, max_events: int | None = None,
+                   ) -> tuple[MessageQueue, Counters] | tuple[MessageQueue, Counters, jax.Array]:
+    """Move bits over ``(since, until]``, event by event (completions, and landings if ``on_land``).
+
+    ``max_events`` (for tests, see tests/test_reference.py): when given, the loop also counts its events,
+    stops after that many even short of ``until``, and the call returns ``(queue, counters, events)``. The
+    engine never passes it, so its loop carries no counter and compiles exactly as without it.
+    """
     senders = _senders(queue.live.shape)
+    counting = max_events is not None
 
     def not_done(carry):
-        return carry[2] < until
+        return (carry[2] < until) & (carry[3] < max_events) if counting else carry[2] < until
 
     def event(carry):
-        queue, counters, now = carry
+        queue, counters, now, *events = carry
         heads = pair_heads(queue, now)
         rate = max_min_rates(heads, queue.receiver, links)
         time_left = jnp.where(heads & (rate > 0), queue.bits_left / jnp.where(rate > 0, rate, 1.0), jnp.inf)
@@ -210,7 +216,8 @@ def advance_shared(queue: MessageQueue, counters: Counters, links: Links, since:
         queue = queue.replace(bits_left=bits_left, complete=complete, land=land)
         if on_land is not None:
             queue, counters = answer(queue, counters, on_land, now, next_time, links, fragment_bits, "shared")
-        return queue, counters, next_time
+        return (queue, counters, next_time, *(count + 1 for count in events))
 
-    queue, counters, _ = jax.lax.while_loop(not_done, event, (queue, counters, since))
-    return queue, counters
+    init = (queue, counters, since, *([jnp.zeros((), jnp.int32)] if counting else []))
+    queue, counters, _, *events = jax.lax.while_loop(not_done, event, init)
+    return (queue, counters, *events)

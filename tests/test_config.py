@@ -1,6 +1,7 @@
 """Bad input is refused with a clear error naming the field, before anything compiles."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -78,3 +79,13 @@ def test_fragment_count_truncates_like_the_reference():
     assert tiny(omega=0.1).fragments == 10
     assert tiny(omega=1.0).fragments == 1
     assert tiny(algorithm="swift", omega=0.1).fragments == 1
+
+
+def test_step_times_off_whole_ticks_are_warned_about():
+    """semantics.md, Time: step times are rounded to whole ticks, with a warning when that is > 1 % off."""
+    with pytest.warns(UserWarning, match="rounded to whole ticks of dt=0.1: up to 20.0% off"):
+        sim = engine.build(tiny(dt=0.1))  # a 0.25 s step is 2 ticks of 0.1 s: 0.2 s
+    assert sim.params.step_ticks.tolist() == [2] * 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert engine.build(tiny(dt=0.125)).params.step_ticks.tolist() == [2] * 6  # exact: no warning

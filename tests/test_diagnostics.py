@@ -90,6 +90,11 @@ def test_measured_mixing_matches_the_closed_form(stragglers):
     measured = diagnostics.measured_mixing(sim, state, reference_mean=mean, reference_second=second)
     est = measured.estimate
     np.testing.assert_allclose(measured.mean.sum(axis=1), 1.0)  # rows: exactly stochastic
+    columns, columns_se = measured.mean.sum(axis=0), np.sqrt((est.mean_se ** 2).sum(axis=0))
+    if stragglers:  # columns: what a node's model weighs in the others'; a straggler's arrives less often
+        assert columns[:stragglers].max() < 1.0 < columns[stragglers:].min()
+    else:  # full delivery: doubly stochastic, to sampling error
+        assert np.abs(columns - 1.0).max() < 4 * columns_se.max() and columns_se.max() < 0.05
     z = (est.mean - mean)[est.mean_se > 0] / est.mean_se[est.mean_se > 0]
     assert abs(np.mean(z ** 2) - 1.0) < 0.35 and np.abs(z).max() < 6.0
     assert est.lambda2 == pytest.approx(theory.lambda2(mean), abs=4 * est.lambda2_se)

@@ -34,8 +34,10 @@ def test_gn_lenet_pytorch_initialisation():
         for leaf in ("kernel", "bias"):
             values = np.asarray(params[name][leaf])
             assert np.abs(values).max() <= bound
-        kernel = np.asarray(params[name]["kernel"])
+        kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
         assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)  # uniform(+-bound)
+        # PyTorch's biases are uniform(+-1/sqrt(fan_in)) too, not flax's zeros: both signs, spread to the bound.
+        assert bias.max() > bound / 2 and bias.min() < -bound / 2
     for name in ("GroupNorm_0", "GroupNorm_1", "GroupNorm_2"):
         assert np.all(np.asarray(params[name]["scale"]) == 1) and np.all(np.asarray(params[name]["bias"]) == 0)
 
@@ -71,7 +73,11 @@ def test_matrix_factorisation_size_and_init():
     params = MovieLensTask(users=610, items=9724).init_params(jax.random.key(0))
     assert _count(params) == 206_680
     assert params["user"].shape == (610, 20) and params["item"].shape == (9724, 20)
-    assert float(jnp.abs(params["user"]).max()) <= 0.05
+    for table in (params["user"], params["item"]):  # uniform(-0.05, 0.05): mean 0, std 0.05 / sqrt(3)
+        values = np.asarray(table)
+        assert np.abs(values).max() <= 0.05 and abs(values.mean()) < 0.002
+        assert values.std() == pytest.approx(0.05 / np.sqrt(3), rel=0.05)
+    assert not np.array_equal(params["user"][:20], params["item"][:20])  # drawn from separate keys
 
 
 def test_row_sparse_sgd_equals_dense_sgd():

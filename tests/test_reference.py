@@ -11,6 +11,7 @@ grid (a released node restarts at the end of its tick) must converge to the refe
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,20 @@ def shared_network(cfg: Config, latency_s: list[float]) -> network.Network:
     return dataclasses.replace(net, latency_s=np.asarray(latency_s))
 
 
+def sites_network(cfg: Config, group: list[int], cap_bps: list[list[float]], group_latency_s: list[list[float]],
+                  header_bits: int, latency_s: list[float] | None = None,
+                  bps: list[float] | None = None) -> network.Network:
+    """The config's preset (or ``bps`` up and down, ``latency_s`` per node), its nodes split into sites
+    (groups) with caps and extra latencies between them, and a header on every message."""
+    net = network.from_config(cfg.network, cfg.nodes)
+    changes = {} if bps is None else {"up_bps": np.asarray(bps, np.float64), "down_bps": np.asarray(bps, np.float64)}
+    if latency_s is not None:
+        changes["latency_s"] = np.asarray(latency_s, np.float64)
+    return dataclasses.replace(net, group=np.asarray(group, np.int32), group_cap_bps=np.asarray(cap_bps, np.float64),
+                               group_latency_s=np.asarray(group_latency_s, np.float64), header_bits=header_bits,
+                               **changes)
+
+
 class Case(NamedTuple):
     config: Config
     network: network.Network | None  # None: the config's preset
@@ -71,6 +86,15 @@ _ADPSGD_SHARED = _SHARED.replace(algorithm="adpsgd", degree=4,
 # D-PSGD restarts a released node at the end of its tick, so its landings must fall on the grid to be
 # exact: a 4-node ring (two flows a link, shares are halves) at full rate, with latencies of whole ticks.
 _DPSGD_SHARED = config("dpsgd", nodes=4, transport="shared", stragglers=0)
+# Two sites (groups) with asymmetric caps and latencies between them (cap[0, 1] != cap[1, 0], latency[0, 1]
+# != latency[1, 0]), a cap and a latency inside site 1, and a 147-byte header (1176 bits), so that
+# transposing a site matrix, dropping the site latency or ignoring the header moves message times. fifo:
+# the 5-node straggler config, sites {0, 1} and {2, 3, 4}; path rates are 37632 bit/s over 1, 2 or 4, so a
+# 5880-bit message takes 5/32, 5/16 or 5/8 s. shared: 3 nodes, site 0 is node 0 alone; only node 0 has
+# links of its own (C = 37632 bit/s), so a flow runs at its site cap (C/2 out of site 0 and inside site 1,
+# C/4 into site 0), and node 0's C/2 flows fill its uplink exactly: every time stays dyadic.
+_HEADER_BITS = 1176
+_FAST_BPS = FAST_MBPS * network.MBPS
 CASES = {
     "divshare-fifo": Case(config("divshare"), None, 48),
     "swift-fifo": Case(config("swift"), None, 48),
@@ -81,6 +105,14 @@ CASES = {
     "adpsgd-shared": Case(_ADPSGD_SHARED, shared_network(_ADPSGD_SHARED, [0.0625, 0.0, 0.125]), 64),
     "dpsgd-shared": Case(_DPSGD_SHARED, shared_network(_DPSGD_SHARED, [0.125, 0.0, 0.25, 0.0]), 44),
     "divshare-shared-straggler": Case(config("divshare", transport="shared"), None, 48, exact=False),
+    "divshare-fifo-sites": Case(config("divshare"), sites_network(
+        config("divshare"), group=[0, 0, 1, 1, 1],
+        cap_bps=[[np.inf, _FAST_BPS / 2], [_FAST_BPS / 4, _FAST_BPS / 2]],
+        group_latency_s=[[0.0, 0.125], [0.25, 0.0625]], header_bits=_HEADER_BITS), 48),
+    "divshare-shared-sites": Case(_SHARED, sites_network(
+        _SHARED, group=[0, 1, 1], cap_bps=[[np.inf, _FAST_BPS / 2], [_FAST_BPS / 4, _FAST_BPS / 2]],
+        group_latency_s=[[0.0, 0.125], [0.25, 0.0625]], header_bits=_HEADER_BITS,
+        latency_s=[0.0625, 0.0, 0.125], bps=[_FAST_BPS, np.inf, np.inf]), 64),
 }
 
 
@@ -196,6 +228,12 @@ def test_cases_exercise_flushes_and_supersessions(runs):
         assert {"applied", "in_flight"} <= fates, name
     pongs = [m for m in get(runs, "adpsgd-shared").ref.messages if m.kind == "pong"]
     assert pongs and any(m.sender_iter == -1 for m in pongs)  # some answered with the initial model
+    for name in ("divshare-fifo-sites", "divshare-shared-sites"):  # messages land both ways between the
+        pair = get(runs, name)  # sites and inside them, so every entry of the site matrices is checked
+        group = pair.sim.network.group
+        routes = {(int(group[m.sender]), int(group[m.receiver])) for m in pair.ref.messages if m.landed_at is not None}
+        in_use = {(int(group[s]), int(group[r])) for s in range(len(group)) for r in range(len(group)) if s != r}
+        assert routes == in_use, (name, routes, in_use)
 
 
 def test_reference_accounting(runs):
@@ -262,23 +300,69 @@ def test_dpsgd_node_released_at_its_own_boundary():
     assert not diffs, "\n".join(diffs[:10])
 
 
-_STALL = textwrap.dedent("""
-    from divjax import engine
+# The subprocess timeout is a hang guard only, never the assertion (no wall-clock checks: machines are
+# noisy): the event counts fail a stall deterministically, this only keeps an unforeseen hang elsewhere from
+# blocking the suite. A healthy run takes seconds to a minute, depending on the machine.
+HANG_GUARD_S = 600
+# Stop counting a tick's events past this many: far above any bound checked, and it ends a stalled loop.
+_EVENT_LIMIT = 10_000
+_TICKS = 24  # 3 s: AD-PSGD's first messages land at ticks 15 and 16
+_STALL = textwrap.dedent(f"""
+    import json
+    import jax, jax.numpy as jnp
+    from divjax import algorithms, engine, transport
     from divjax.config import Config, NetworkConfig, TaskConfig
-    cfg = Config(algorithm="swift", nodes=3, degree=2, local_steps=3, batch_size=4, step_time=0.25, dt=0.125,
-                 duration=2.0, task=TaskConfig(hidden=4, samples_mean_log=3.0, samples_cap=80),
-                 network=NetworkConfig(stragglers=1, slowdown=4.0, fast_mbps=0.037632, latency_ms=62.5,
-                                       transport="shared"))
-    sim = engine.build(cfg)
-    engine.advance(sim, sim.initial_state(), 9).tick.block_until_ready()  # 8 ticks return at once
+    out = {{}}
+    for algorithm in ("swift", "adpsgd"):
+        cfg = Config(algorithm=algorithm, nodes=3, degree=2, local_steps=3, batch_size=4, step_time=0.25,
+                     dt=0.125, duration=3.0, task=TaskConfig(hidden=4, samples_mean_log=3.0, samples_cap=80),
+                     network=NetworkConfig(stragglers=1, slowdown=4.0, fast_mbps=0.037632, latency_ms=62.5,
+                                           transport="shared"))
+        sim = engine.build(cfg)
+        spec, p, on_land = sim.spec, sim.params, algorithms.get(algorithm).on_land
+
+        @jax.jit
+        def tick_events(s, since):
+            # What the engine's network phase does over (since, since + 1] (engine._network), counted.
+            hook = on_land(spec, p, s) if on_land is not None else None
+            q, _, events = transport.advance_shared(s.queue, s.counters, p.links, since, since + 1,
+                                                    p.fragment_bits, hook, max_events={_EVENT_LIMIT})
+            done_before = s.queue.live & jnp.isfinite(s.queue.complete)  # records never end in the loop
+            completed = jnp.sum(q.live & jnp.isfinite(q.complete) & ~done_before)
+            landed = jnp.sum(q.live & (q.land > since) & (q.land <= since + 1))
+            return events, completed, landed
+
+        rows, state = [], sim.initial_state()
+        for tick in range({_TICKS}):
+            rows.append([int(x) for x in tick_events(state, jnp.float32(tick))])
+            if rows[-1][0] >= {_EVENT_LIMIT}:
+                break  # stalled: the engine would loop forever on this tick
+            state = engine.advance(sim, state, 1)
+        out[algorithm] = rows
+    print(json.dumps(out))
 """)
 
 
-def test_shared_transport_does_not_stall():
+def test_shared_transport_event_loop_progresses():
     """Regression: the x4 straggler's flows take 1/8 of the fast links, the others 7/8, completion times
-    float32 cannot hold; a residue of bits once left a flow finishing at `now + step == now`, forever.
-    9 ticks must take seconds (in a subprocess, so that a stall fails instead of hanging the suite)."""
+    float32 cannot hold; a residue of bits once left a flow finishing at `now + step == now`, forever (tick 9
+    of the Swift run, tick 15 of the AD-PSGD one). Every event of the shared transport's loop but a tick's
+    last completes a flow or, with a landing hook (AD-PSGD's pongs), reaches a landing time, so a tick takes
+    at most completions + landings + 1 events. Counted per tick, before the engine runs it, by the same
+    ``advance_shared`` call the engine's network phase makes, with ``max_events`` (a stall then ends at the
+    limit and fails here instead of hanging). In a subprocess only as a hang guard (HANG_GUARD_S)."""
     try:
-        subprocess.run([sys.executable, "-c", _STALL], check=True, timeout=30)
+        run = subprocess.run([sys.executable, "-c", _STALL], check=False, capture_output=True, text=True,
+                             timeout=HANG_GUARD_S)
     except subprocess.TimeoutExpired:
-        pytest.fail("engine.advance did not return within 30 s")
+        pytest.fail(f"hung: no result within the {HANG_GUARD_S} s hang guard")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    for algorithm, rows in out.items():
+        assert len(rows) == _TICKS, (algorithm, f"tick {len(rows)} stopped after {_EVENT_LIMIT} events", rows)
+        for tick, (events, completed, landed) in enumerate(rows, start=1):
+            bound = completed + (landed if algorithm == "adpsgd" else 0) + 1
+            assert 1 <= events <= bound, (algorithm, tick, events, completed, landed)
+        assert sum(row[1] for row in rows) > 0, algorithm  # flows complete: the bound is not vacuous
+    assert out["swift"][8][1] > 0  # tick 9, where the residue stalled the loop, completes flows
+    assert sum(row[2] for row in out["adpsgd"]) > 0  # landings are events: the hook's branch runs

@@ -26,6 +26,21 @@ def test_api_runs_and_reports():
     assert 0 <= summary["delivery_ratio_stragglers"] <= 1 and 0 <= summary["delivery_ratio_fast"] <= 1
     assert len(result.rows()) == 3
     assert result.stragglers.tolist() == [0]
+    # The delivery ratios: messages the straggler (node 0) and the others sent that landed.
+    delivered, sent = result.counters["delivered"], result.counters["sent"]
+    assert summary["delivery_ratio_stragglers"] == pytest.approx(delivered[0] / sent[0])
+    assert summary["delivery_ratio_fast"] == pytest.approx(delivered[1:].sum() / sent[1:].sum())
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_above_it():
+    result = divjax.run(tiny(duration=15.0), progress=False)
+    times, accuracy = result.history["time"], result.history["mean_accuracy"]
+    assert accuracy[1] < accuracy[3]  # the run learns: a target between them is reached after t = 5
+    def at(target):
+        return dataclasses.replace(result, config=result.config.replace(target_accuracy=target)).summary()
+    assert at(float(accuracy[3]))["time_to_target_s"] == times[np.argmax(accuracy >= accuracy[3])]  # >=, not >
+    assert at(float(accuracy.max()) + 1e-6)["time_to_target_s"] == float("inf")
+    assert at(0.0)["time_to_target_s"] == 0.0
 
 
 def test_a_custom_networks_stragglers_are_its_slow_nodes(tmp_path):

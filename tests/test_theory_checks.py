@@ -29,7 +29,8 @@ def test_averaging_runs_against_the_closed_forms():
     assert full["lambda2_measured"] == pytest.approx(full["lambda2_closed_form"], abs=4 * full["lambda2_se"])
     assert full["rho_measured"] == pytest.approx(rho, abs=4 * full["rho_se"])
     # The engine contracts like the delayed recursion, not like rho^t.
-    assert full["consensus_rate_measured"] == pytest.approx(full["consensus_rate_delayed"], rel=0.15)
+    # (0.456 vs 0.459 here; the recursion averages 64 sampled W, so a few % of Monte Carlo error is allowed)
+    assert full["consensus_rate_measured"] == pytest.approx(full["consensus_rate_delayed"], rel=0.03)
     assert full["consensus_rate_measured"] > 1.3 * rho
     # Stragglers get out about 1/(load * slowdown) = 1/2 of their fragments, are flushed for the rest, and
     # weigh less in the fixed point.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax import network, randomness
+from divjax import network, randomness, topology
 from divjax.fragments import build_layout, to_flat, to_fragments
 from divjax.queue import MessageQueue
 from divjax.transport import Links, _fifo_schedule, max_min_rates
@@ -63,6 +63,41 @@ def test_ping_targets_exclude_self():
     key = randomness.stream(0, randomness.STREAM_COMM)
     targets = np.asarray(jax.vmap(lambda i: randomness.ping_targets(key, i, 0, 4, 50))(jnp.arange(4)))
     assert all(i not in targets[i] for i in range(4))
+
+
+def test_ping_targets_are_uniform_among_the_others_with_replacement():
+    """semantics.md: AD-PSGD pings uniformly among the other nodes, with replacement (a peer may repeat)."""
+    key = randomness.stream(0, randomness.STREAM_COMM)
+    draws = np.asarray(jax.vmap(lambda it: randomness.ping_targets(key, 2, it, 5, 3))(jnp.arange(4000)))
+    counts = np.bincount(draws.ravel(), minlength=5) / draws.size
+    np.testing.assert_allclose(counts, [0.25, 0.25, 0.0, 0.25, 0.25], atol=0.015)  # 12,000 draws: s.e. 0.004
+    repeats = np.mean([len(set(row)) < 3 for row in draws.tolist()])
+    assert repeats == pytest.approx(1 - (3 * 2) / 4**2, abs=0.03)  # P(3 draws of 4 peers not all distinct)
+
+
+def test_fragment_receivers_are_uniform_among_the_others():
+    """Each fragment goes to J distinct peers drawn uniformly from the n - 1 others."""
+    key = randomness.stream(0, randomness.STREAM_COMM)
+    receivers = np.asarray(jax.vmap(lambda it: randomness.fragment_messages(key, 1, it, 6, 2, 3)[0])(
+        jnp.arange(2000)))
+    counts = np.bincount(receivers.ravel(), minlength=6) / receivers.size
+    np.testing.assert_allclose(counts, [0.2, 0.0, 0.2, 0.2, 0.2, 0.2], atol=0.015)
+
+
+@pytest.mark.parametrize("n, degree, seed", [(10, 3, 0), (12, 5, 1), (60, 6, 2), (7, 6, 3)])
+def test_random_regular_graphs_are_simple_and_regular(n, degree, seed):
+    neighbours = topology.random_regular(n, degree, seed)
+    adjacency = np.zeros((n, n), bool)
+    for i, nb in enumerate(neighbours):
+        adjacency[i, nb] = True
+    assert not adjacency.diagonal().any() and (adjacency == adjacency.T).all()  # no self-loops, undirected
+    assert (adjacency.sum(axis=1) == degree).all() and all(len(nb) == degree for nb in neighbours)
+    w = topology.metropolis(neighbours)
+    np.testing.assert_allclose(w, w.T)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert (w >= 0).all()
+    assert topology.random_regular(n, degree, seed) == neighbours  # a function of the seed
 
 
 def test_batch_plan_visits_each_sample_once_per_epoch():
