@@ -3,9 +3,10 @@
 Each claim of the abstract (spec/paper-abstract.txt) is computed from the experiments' ``summary.csv``
 (see :mod:`divjax.reproduce`), per setting, with seeds averaged; the "up to" of the paper is the best
 setting among those whose compared runs lost no message to capacity (a row that did is a bounded-memory run,
-not the reference's; a better figure from one is shown beside the headline). The verdict rule is stated in the file: *reproduced* when the best setting reaches the paper's
-figure, *partly* when DivShare is better but by less, *not* when it is not better anywhere. A reduced-scale
-measurement is labelled as such: it tests the mechanism, not the paper's absolute numbers.
+not the reference's; a better figure from one is shown beside the headline). The verdict rule is stated in
+the file: *reproduced* when the best setting reaches the paper's figure, *partly* when DivShare is better
+but by less, *not* when it is not better anywhere. A reduced-scale measurement is labelled as such: it tests
+the mechanism, not the paper's absolute numbers.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class Network:
 
     def stragglers(self) -> np.ndarray:
         """Ids of the communication stragglers: nodes whose own link (the slower of its upload and download)
-        is slower than the fastest node's. None on a uniform network or one capped only between sites."""
+        is slower than the fastest node's. Empty on a uniform network, or one capped only between sites."""
         link = np.minimum(np.asarray(self.up_bps, np.float64), np.asarray(self.down_bps, np.float64))
         return np.flatnonzero(link < link.max())
 
