@@ -92,19 +92,6 @@ def write_run_dir(results: Sequence[RunResult], out: str | os.PathLike, overwrit
     ``accuracy.png``, ``status.json``) into ``out``: one configuration, one run per algorithm, as
     ``divjax run`` writes. Results that differ in anything else (seeds, say) are refused: the directory
     records one configuration and keys its rows by algorithm; write each configuration to its own."""
-    if not results:
-        raise ValueError("write_run_dir needs at least one result")
-    algorithms = [r.config.algorithm for r in results]
-    if len(set(algorithms)) < len(algorithms):
-        raise ValueError(f"write_run_dir: algorithms {algorithms} repeat; a run directory holds one run per "
-                         "algorithm (write each configuration to its own directory)")
-    first = results[0].config
-    for r in results[1:]:
-        if r.config.replace(algorithm=first.algorithm) != first:
-            changed = sorted(k for k, v in r.config.to_dict().items() if k != "algorithm" and v != first.to_dict()[k])
-            raise ValueError(f"write_run_dir: the {r.config.algorithm} result's config differs from the "
-                             f"{first.algorithm} one in {', '.join(changed)}; a run directory holds one "
-                             "configuration (write each to its own directory)")
     run = RunDirectory.create(out, [r.config for r in results], overwrite=overwrite)
     for r in results:
         run.save_progress(r.config.algorithm, r.entries(), None)

@@ -48,6 +48,25 @@ class RunDirectoryError(RuntimeError):
     """A run directory is missing, would be overwritten, or holds a damaged file."""
 
 
+def _check_one_configuration(configs: Sequence[Config]) -> None:
+    """A run directory records one configuration (``configs[0]``'s) and keys its runs by algorithm, so the
+    configs must differ in their algorithm alone, each algorithm once: refuse anything else (seeds, say)
+    rather than lose it. Write each configuration to its own directory."""
+    if not configs:
+        raise ValueError("a run directory needs at least one config")
+    algorithms = [c.algorithm for c in configs]
+    if len(set(algorithms)) < len(algorithms):
+        raise ValueError(f"algorithms {algorithms} repeat; a run directory holds one run per algorithm "
+                         "(write each configuration to its own directory)")
+    first, base = configs[0], configs[0].to_dict()
+    for config in configs[1:]:
+        if config.replace(algorithm=first.algorithm) != first:
+            changed = sorted(k for k, v in config.to_dict().items() if k != "algorithm" and v != base[k])
+            raise ValueError(f"the {config.algorithm} config differs from the {first.algorithm} one in "
+                             f"{', '.join(changed)}; a run directory holds one configuration (write each to its "
+                             "own directory)")
+
+
 def _write_synced(tmp: Path, write: Callable[[BinaryIO], None]) -> None:
     """Let ``write`` fill ``tmp`` and make it durable, so that renaming it over a path is atomic."""
     with open(tmp, "wb") as f:
@@ -131,6 +150,7 @@ class RunDirectory:
     @classmethod
     def create(cls, path: str | os.PathLike, configs: Sequence[Config], overwrite: bool = False) -> RunDirectory:
         """Start a new run directory; an existing non-empty one is an error unless ``overwrite``."""
+        _check_one_configuration(configs)
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             if not overwrite:
