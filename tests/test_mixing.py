@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from divjax import engine
+from divjax import diagnostics, engine
 from divjax.config import NetworkConfig
-from divjax.queue import FATE_APPLIED
 from tests.helpers import tiny
 
 
@@ -24,15 +23,6 @@ def test_dense_and_gather_mixing_agree(algorithm):
         np.testing.assert_array_equal(getattr(dense.counters, name), getattr(gather.counters, name), err_msg=name)
     np.testing.assert_allclose(engine.flatten_models(dense.params), engine.flatten_models(gather.params),
                                rtol=1e-5, atol=1e-6)
-
-
-def applied_records(log) -> dict[str, np.ndarray]:
-    """The applied records of a run's message log (its sender, receiver, fragment, queued and ended ticks)."""
-    count = int(log.count)
-    assert count <= log.capacity, "the message log overflowed"
-    col = {f: np.asarray(getattr(log, f))[:count] for f in ("sender", "receiver", "fragment", "start", "ended", "fate")}
-    applied = col.pop("fate") == FATE_APPLIED
-    return {f: v[applied] for f, v in col.items()}
 
 
 def test_a_diverged_model_reaches_only_the_nodes_that_apply_it():
@@ -57,16 +47,16 @@ def test_a_diverged_model_reaches_only_the_nodes_that_apply_it():
         models[mixing] = np.asarray(engine.flatten_models(state.params))
 
         # What the log says should be non-finite: node 3, and each fragment another node applied from it.
-        rec = applied_records(state.counters.log)
-        from_nan = rec["sender"] == nan_node
+        rec = diagnostics.applied_messages(sim, state)
+        from_nan = rec.sender == nan_node
         assert from_nan.any(), "no node applied a copy of the NaN model: advance further"
         # The premise: those copies were mixed at the last tick, so no local step has spread the NaN over the
         # rest of their receivers' models yet, and no receiver has passed it on (what it sent at that tick is
         # its snapshot from before mixing).
-        assert np.all(rec["ended"][from_nan] == ticks)
+        assert np.all(rec.applied_time[from_nan] == ticks * sim.dt)
         want = np.zeros_like(nonfinite[mixing])
         want[:, nan_node] = True
-        want[rec["fragment"][from_nan], rec["receiver"][from_nan]] = True
+        want[rec.fragment[from_nan], rec.receiver[from_nan]] = True
         expected[mixing] = want
     np.testing.assert_array_equal(expected["dense"], expected["gather"])  # the same messages, the same fates
     want = expected["dense"]
