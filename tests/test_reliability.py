@@ -186,10 +186,10 @@ def test_resume_of_a_complete_run_does_nothing(tmp_path):
     assert proc.returncode == 0 and "is complete" in proc.stdout
 
 
-def _kill_when(out: Path, rows: int, extra_delay: float, timeout: float = 240.0) -> None:
+def _kill_when(out: Path, rows: int, extra_delay: float, env: dict, timeout: float = 240.0) -> None:
     """Start a run and SIGKILL it once metrics.csv holds ``rows`` rows (plus a random delay)."""
     proc = subprocess.Popen([sys.executable, "-m", "divjax.cli", "run", *RUN_FLAGS, "--out", str(out),
-                             "--checkpoint-every", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--checkpoint-every", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
     metrics = out / "metrics.csv"
     try:
@@ -206,21 +206,29 @@ def _kill_when(out: Path, rows: int, extra_delay: float, timeout: float = 240.0)
 RUN_FLAGS = [*TINY_FLAGS, "--algorithms", "divshare,adpsgd", "--duration", "12", "--eval-every", "0.5"]
 
 
+def _shared_compilation_cache(tmp_path: Path) -> dict:
+    """An environment in which every divjax process compiles a program once for all of them (JAX's
+    persistent cache): the kills then land in the simulation, not in compilation, and the test is ~2x faster."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
 def test_killed_run_resumes_bit_identical(tmp_path):
+    env = _shared_compilation_cache(tmp_path)
     reference = tmp_path / "uninterrupted"
-    assert _divjax("run", *RUN_FLAGS, "--out", str(reference)).returncode == 0
+    assert _divjax("run", *RUN_FLAGS, "--out", str(reference), env=env).returncode == 0
     expected = (reference / "metrics.csv").read_text()
     summaries = json.loads((reference / "status.json").read_text())["summaries"]
     rng = random.Random(0)
     resumed_runs = 0
     for trial, rows in enumerate((3, 20, 35)):  # in the first algorithm, late in it, in the second
         out = tmp_path / f"killed{trial}"
-        _kill_when(out, rows, rng.uniform(0, 0.3))
+        _kill_when(out, rows, rng.uniform(0, 0.3), env)
         status = json.loads((out / "status.json").read_text())
         if status["complete"]:
             continue  # the kill came too late to matter
         resumed_runs += 1
-        proc = _divjax("resume", str(out), "--no-progress")
+        proc = _divjax("resume", str(out), "--no-progress", env=env)
         assert proc.returncode == 0, proc.stderr
         assert (out / "metrics.csv").read_text() == expected  # bit for bit
         resumed = json.loads((out / "status.json").read_text())["summaries"]
