@@ -39,7 +39,7 @@ import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from divjax import execution
 from divjax.config import TRANSPORTS, Config, ConfigError
@@ -355,9 +355,20 @@ def describe(config: Config) -> dict[str, Any]:
             "iteration_s": round(config.step_time * config.local_steps, 6), "duration": config.duration}
 
 
-def _run_dirs(where: Path) -> Iterable[RunDirectory]:
-    for status in sorted(where.glob("*/*/seed*/status.json")):
-        yield RunDirectory.open(status.parent)
+def _run_dirs(where: Path, task: str, experiment: str) -> list[RunDirectory]:
+    """The run directories of an experiment in the grid's order: settings as the experiment lists them
+    (degree 3, 6, 9, 12, not 12, 3, 6, 9), then methods as :data:`METHODS` does, then seeds."""
+    settings = [setting_slug(s) for s in _grid(experiment, task)[1]]
+    methods = [m.slug for m in METHODS]
+
+    def order(status: Path) -> tuple:
+        seed, setting, method = status.parent.name, status.parent.parent.name, status.parent.parent.parent.name
+        rank = lambda names, name: names.index(name) if name in names else len(names)  # noqa: E731
+        number = seed.removeprefix("seed")
+        return (rank(settings, setting), setting, rank(methods, method), method,
+                int(number) if number.isdigit() else -1, seed)
+
+    return [RunDirectory.open(s.parent) for s in sorted(where.glob("*/*/seed*/status.json"), key=order)]
 
 
 def collect(where: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -365,7 +376,7 @@ def collect(where: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     runs; return (curve rows, summary rows)."""
     info = json.loads((where / EXPERIMENT_FILE).read_text())
     curves, summaries = [], []
-    for run in _run_dirs(where):
+    for run in _run_dirs(where, info["task"], info["experiment"]):
         if not run.complete:
             continue
         (config,) = run.configs
