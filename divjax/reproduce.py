@@ -405,9 +405,14 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_summaries(out: str | Path) -> list[dict[str, Any]]:
-    """Every experiment's ``summary.csv`` under ``out``, with numbers as floats (``inf`` for never)."""
+    """Every experiment's ``summary.csv`` under ``out``, with numbers as floats (``inf`` for never), task by
+    task and each task's experiments in the order of :data:`EXPERIMENTS` (``main`` first)."""
+    def order(path: Path) -> tuple:
+        task, _, experiment = path.parent.name.partition("-")
+        return task, EXPERIMENTS.index(experiment) if experiment in EXPERIMENTS else len(EXPERIMENTS), experiment
+
     rows = []
-    for path in sorted(Path(out).glob("*/summary.csv")):
+    for path in sorted(Path(out).glob("*/summary.csv"), key=order):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 rows.append({k: _number(k, v) for k, v in row.items()})

@@ -247,3 +247,12 @@ def test_compiled_programs_are_dropped_before_the_kernels_limit_on_memory_mappin
     cli.main(["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--methods", "divshare-0.1",
               "--settings", "no-stragglers", "--out", str(tmp_path / "dropped"), "--no-progress"])
     assert engine._advance._cache_size() == 0
+
+
+def test_the_report_lists_each_tasks_experiments_main_first(tmp_path):
+    for name in ("synthetic-degree", "cifar10-stragglers", "synthetic-main", "cifar10-main"):
+        (tmp_path / name).mkdir()
+        task, experiment = name.split("-")
+        (tmp_path / name / "summary.csv").write_text(f"task,experiment\n{task},{experiment}\n")
+    order = [(r["task"], r["experiment"]) for r in reproduce.read_summaries(tmp_path)]
+    assert order == [("cifar10", "main"), ("cifar10", "stragglers"), ("synthetic", "main"), ("synthetic", "degree")]
