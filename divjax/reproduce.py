@@ -355,6 +355,11 @@ def describe(config: Config) -> dict[str, Any]:
             "iteration_s": round(config.step_time * config.local_steps, 6), "duration": config.duration}
 
 
+def _rank(names: Sequence[str], name: str) -> int:
+    """Where ``name`` stands in ``names`` (unknown names last): the sort key of the report's orders."""
+    return names.index(name) if name in names else len(names)
+
+
 def _run_dirs(where: Path, task: str, experiment: str) -> list[RunDirectory]:
     """The run directories of an experiment in the grid's order: settings as the experiment lists them
     (degree 3, 6, 9, 12, not 12, 3, 6, 9), then methods as :data:`METHODS` does, then seeds."""
@@ -363,9 +368,8 @@ def _run_dirs(where: Path, task: str, experiment: str) -> list[RunDirectory]:
 
     def order(status: Path) -> tuple:
         seed, setting, method = status.parent.name, status.parent.parent.name, status.parent.parent.parent.name
-        rank = lambda names, name: names.index(name) if name in names else len(names)  # noqa: E731
         number = seed.removeprefix("seed")
-        return (rank(settings, setting), setting, rank(methods, method), method,
+        return (_rank(settings, setting), setting, _rank(methods, method), method,
                 int(number) if number.isdigit() else -1, seed)
 
     return [RunDirectory.open(s.parent) for s in sorted(where.glob("*/*/seed*/status.json"), key=order)]
@@ -409,7 +413,7 @@ def read_summaries(out: str | Path) -> list[dict[str, Any]]:
     task and each task's experiments in the order of :data:`EXPERIMENTS` (``main`` first)."""
     def order(path: Path) -> tuple:
         task, _, experiment = path.parent.name.partition("-")
-        return task, EXPERIMENTS.index(experiment) if experiment in EXPERIMENTS else len(EXPERIMENTS), experiment
+        return task, _rank(EXPERIMENTS, experiment), experiment
 
     rows = []
     for path in sorted(Path(out).glob("*/summary.csv"), key=order):
