@@ -232,6 +232,19 @@ def test_rows_that_lost_messages_to_capacity_are_marked():
     assert finding.measured == "∞ (AD-PSGD never reaches it)"
 
 
+def test_a_time_to_accuracy_split_between_seeds_is_not_the_headline():
+    """AD-PSGD "never" reaching the target because one seed of two missed it is flagged, and the headline
+    comes from a setting where the seeds agree; with no such setting the split one is the headline, marked."""
+    split = [_row("divshare-0.1", "a", seed=0), _row("divshare-0.1", "a", seed=1),
+             _row("adpsgd", "a", tta=120.0, seed=0), _row("adpsgd", "a", tta=math.inf, seed=1)]
+    agreed = [_row("divshare-0.1", "b", tta=100.0), _row("adpsgd", "b", tta=150.0)]
+    finding = claims.time_to_accuracy_claim(claims.groups(split + agreed))
+    assert finding.where == "main/b" and finding.verdict == "partly"
+    assert finding.measured == "1.50x (∞ (AD-PSGD never reaches it) in main/a [AD-PSGD reached 60% with 1 of 2 seeds])"
+    assert finding.detail[0].endswith("→ ∞ (AD-PSGD never reaches it) [AD-PSGD reached 60% with 1 of 2 seeds]")
+    assert claims.time_to_accuracy_claim(claims.groups(split)).where == "main/a [AD-PSGD reached 60% with 1 of 2 seeds]"
+
+
 def test_compiled_programs_are_dropped_before_the_kernels_limit_on_memory_mappings(tmp_path, monkeypatch):
     """XLA CPU crashes once a process holds vm.max_map_count memory mappings; a long reproduction would."""
     import jax
