@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,21 +53,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """The commit the benchmark ran from (``+dirty`` with uncommitted changes), or ``unknown``."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent.parent).stdout.strip()  # pathspecs from the repo root
-    try:
-        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "divjax") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def machine() -> dict[str, Any]:
     """Where, when and from which code a benchmark ran: versions, backend, devices, CPU, cores, date, commit."""
     return {**environment(), "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "device_count": jax.device_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit()}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:

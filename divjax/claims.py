@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -70,7 +70,8 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
                        "target": rs[0]["target_accuracy"], "seeds": len(rs),
                        "lost": sum(r["messages_lost_to_capacity"] for r in rs),
                        "wall": sum(r["wall_seconds"] for r in rs if not r.get("copied_from")),
-                       "copied": sum(bool(r.get("copied_from")) for r in rs)}
+                       "copied": sum(bool(r.get("copied_from")) for r in rs),
+                       "commits": [r.get("commit", "") for r in rs]}
                    for m, rs in methods.items()}
         out.append(Group(task, experiment, setting, scale, stragglers, figures))
     return out
@@ -242,6 +243,7 @@ def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:
         copied = sum(f["copied"] for g in mine for f in g.methods.values())
         reused = f"; {copied} run(s) copied from the identical row of another experiment" if copied else ""
         lines += [f"### {task} — {experiment} ({info['scale']} scale, {wall / 3600:.2f} h of wall time{reused})", "",
+                  _commits([c for g in mine for f in g.methods.values() for c in f["commits"]]), "",
                   f"![curves]({task}-{experiment}/curves.png)", "", f"![bars]({task}-{experiment}/bars.png)", "",
                   "| setting | method | seeds | final accuracy (min–max over seeds) | final test loss (min–max) | "
                   "time to target | lost |",
@@ -255,6 +257,15 @@ def _experiment_tables(gs: Sequence[Group], out: Path) -> list[str]:
         lines += ["", f"Configuration: `{info['config']}`", "",
                   f"Rerun one row: `{info['command']} --methods METHOD --settings SETTING`", ""]
     return lines
+
+
+def _commits(commits: Sequence[str]) -> str:
+    """Which source commits produced an experiment's runs (recorded in each run's ``status.json``)."""
+    counts = Counter(c for c in commits if c)
+    recorded = ", ".join(f"{c} ({k} run{'s' * (k > 1)})" for c, k in sorted(counts.items()))
+    missing = len(commits) - sum(counts.values())
+    unrecorded = f"{missing} run(s) made before divjax recorded its commit" if missing else ""
+    return "Source commits: " + "; ".join(part for part in (recorded, unrecorded) if part) + "."
 
 
 def write_report(out: str | Path, notes: str | Path | None = None) -> Path:

@@ -386,7 +386,8 @@ def collect(where: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         (config,) = run.configs
         key = {"experiment": info["experiment"], "scale": info["scale"], "setting": run.path.parent.name, **describe(config)}
         summaries.append({**key, **{c: run.status["summaries"][config.algorithm][c] for c in SUMMARY_COLUMNS},
-                          "copied_from": run.status.get("copied_from", "")})
+                          "copied_from": run.status.get("copied_from", ""),
+                          "commit": run.status["environment"].get("commit", "")})  # "": run before commits were recorded
         for row in run.rows():
             curves.append({**key, **{c: float(row[c]) for c in CURVE_COLUMNS}})
     _write_csv(where / "curves.csv", curves)
@@ -425,7 +426,7 @@ def read_summaries(out: str | Path) -> list[dict[str, Any]]:
 
 def _number(key: str, value: str) -> Any:
     if key in ("task", "experiment", "scale", "setting", "method", "method_label", "network", "transport",
-               "copied_from"):
+               "copied_from", "commit"):
         return value
     if value == "":
         return math.inf if key == "time_to_target_s" else math.nan

@@ -3,7 +3,7 @@
 Layout::
 
     config.json        the algorithms and the configuration (written first; `divjax run --config` reads it)
-    status.json        complete or not, which algorithms finished, versions, backend, config hash,
+    status.json        complete or not, which algorithms finished, versions and source commit, backend, config hash,
                        and the checksum of the current checkpoint
     metrics.csv        tidy: one row per algorithm x evaluation, rewritten after every evaluation
     checkpoint-<sha256>.npz  the whole simulation state of the algorithm running (models, optimiser states, queue,
@@ -24,6 +24,7 @@ import io
 import json
 import os
 import platform
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,16 +112,28 @@ def config_hash(configs: Sequence[Config]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def source_commit() -> str:
+    """The git commit divjax was imported from (``+dirty`` when its ``divjax/`` has uncommitted changes), or
+    ``unknown`` outside a git checkout (an installed wheel): which code produced a result, beyond its version."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10,
+                              cwd=Path(__file__).parent.parent).stdout.strip()  # pathspecs from the checkout's root
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "divjax") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def environment() -> dict[str, str]:
-    """Versions, backend and devices of this process (recorded in every run directory)."""
+    """Versions, source commit, backend and devices of this process (recorded in every run directory)."""
     import flax
     import optax
 
     from divjax import __version__
 
-    return {"divjax": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "backend": jax.default_backend(),
-            "devices": ", ".join(sorted({d.device_kind for d in jax.devices()}))}
+    return {"divjax": __version__, "commit": source_commit(), "jax": jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "backend": jax.default_backend(), "devices": ", ".join(sorted({d.device_kind for d in jax.devices()}))}
 
 
 def _finite_or_none(value: Any) -> Any:

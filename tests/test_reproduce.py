@@ -4,6 +4,7 @@ the verdict rules of REPRODUCTION.md."""
 import csv
 import json
 import math
+import re
 
 import pytest
 
@@ -72,6 +73,8 @@ def test_every_experiment_runs_tiny(tmp_path, experiment):
     # Every setting ran, and tables and plots list them in the grid's order (degree 3, 6, 9, 12; not 12, 3, ...).
     assert list(dict.fromkeys(r["setting"] for r in rows)) == settings and {r["method"] for r in rows} == methods
     assert all(float(r["messages_lost_to_capacity"]) == 0 for r in rows)
+    # Which code made each row: this checkout's commit (+dirty with local changes), "unknown" outside git.
+    assert all(re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?|unknown", r["commit"]) for r in rows)
     assert (where / "curves.png").stat().st_size > 0 and (where / "bars.png").stat().st_size > 0
     assert (tmp_path / "REPRODUCTION.md").is_file()
 
@@ -202,10 +205,11 @@ def test_experiment_tables_show_the_seeds_spread(tmp_path):
         json.dumps({"scale": "full", "config": "c", "command": "divjax reproduce main"}))
     rows = [_row("divshare-0.1", "a", accuracy=0.6, seed=0), _row("divshare-0.1", "a", accuracy=0.5, seed=1),
             _row("adpsgd", "a", accuracy=0.45)]
-    rows += [dict(_row("divshare-0.1", "b", accuracy=0.6, seed=0), wall_seconds=5.0),
-             dict(_row("divshare-0.1", "b", loss=math.nan, seed=1), copied_from="main/x")]
+    rows += [dict(_row("divshare-0.1", "b", accuracy=0.6, seed=0), wall_seconds=5.0, commit="abc1234"),
+             dict(_row("divshare-0.1", "b", loss=math.nan, seed=1), copied_from="main/x", commit="abc1234")]
     gs = claims.groups(rows)
     table = "\n".join(claims._experiment_tables(gs, tmp_path))
+    assert "Source commits: abc1234 (2 runs); 3 run(s) made before divjax recorded its commit." in table
     assert "| a | DivShare Ω=0.1 | 2 | 0.550 (0.500–0.600) | 1.000 |" in table  # equal losses: no range
     assert "| a | AD-PSGD | 1 | 0.450 | 1.000 |" in table
     assert "| b | DivShare Ω=0.1 | 2 | 0.550 (0.500–0.600) | nan |" in table  # a diverged seed: no range
