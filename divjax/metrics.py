@@ -53,9 +53,17 @@ def evaluate(spec: SimSpec, p: SimParams, s: SimState, nodes: jax.Array) -> dict
         **{f"average_model_{k}": v for k, v in average_metrics.items()},
         "consensus_distance": consensus_distance(flat_models),
         "train_loss": jnp.where(s.train_loss_steps > 0, train_loss, jnp.nan),
-        # Divergence: a node whose model (or training loss since the last evaluation) is NaN or inf.
-        "finite": jnp.all(jnp.isfinite(flat_models), axis=1) & jnp.isfinite(s.train_loss_sum),
+        "finite": _finite_nodes(flat_models, s.train_loss_sum, nodes, per_node["loss"]),
     }
+
+
+def _finite_nodes(flat_models: jax.Array, train_loss_sum: jax.Array, evaluated: jax.Array,
+                  test_loss: jax.Array) -> jax.Array:
+    """Which nodes have not diverged: model, training loss since the last evaluation and (for the evaluated
+    nodes) test loss all finite. A model can stay finite while its loss overflows (weights of 1e20 after a
+    huge learning rate), so the losses are checked too."""
+    finite = jnp.all(jnp.isfinite(flat_models), axis=1) & jnp.isfinite(train_loss_sum)
+    return finite.at[evaluated].set(finite[evaluated] & jnp.isfinite(test_loss))
 
 
 def consensus_distance(flat_models: jax.Array) -> jax.Array:

@@ -160,7 +160,7 @@ class DivergenceError(RuntimeError):
         self.nodes, self.time = nodes, time
         shown = ", ".join(map(str, nodes[:10])) + (" ..." if len(nodes) > 10 else "")
         super().__init__(
-            f"{algorithm}: the models of {len(nodes)} node(s) ({shown}) hold NaN or inf at t = {time:g} s "
+            f"{algorithm}: the models or losses of {len(nodes)} node(s) ({shown}) hold NaN or inf at t = {time:g} s "
             "(detected at that evaluation); lower lr, or set on_divergence='continue' to carry on with those "
             "nodes marked. What was measured up to then is kept.")
 

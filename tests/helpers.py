@@ -24,6 +24,11 @@ needs_movielens = pytest.mark.skipif(
 TINY_TASK = TaskConfig(hidden=4, samples_mean_log=3.0, samples_sigma_log=0.3, samples_cap=80)
 
 
+# The command-line flags of a tiny run (most of tiny()'s fields; the synthetic task's own size).
+TINY_FLAGS = ["--nodes", "6", "--degree", "2", "--local-steps", "4", "--step-time", "0.25", "--stragglers", "1",
+              "--fast-mbps", "0.5", "--eval-every", "1", "--no-progress"]
+
+
 def tiny(**changes) -> Config:
     """6 nodes, a 294-parameter model, 4 local steps of 0.25 s, a 3 Mbit/s network with one straggler."""
     network = changes.pop("network", NetworkConfig(preset="stragglers", stragglers=1, slowdown=4.0,

@@ -19,10 +19,7 @@ from hypothesis import strategies as st
 from divjax import cli, engine, runner
 from divjax.config import ConfigError, NetworkConfig
 from divjax.rundir import RunDirectory, RunDirectoryError
-from tests.helpers import tiny
-
-TINY_FLAGS = ["--nodes", "6", "--degree", "2", "--local-steps", "4", "--step-time", "0.25", "--stragglers", "1",
-              "--fast-mbps", "0.5", "--eval-every", "1", "--no-progress"]
+from tests.helpers import TINY_FLAGS, tiny
 
 
 def _divjax(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -88,9 +85,9 @@ def test_capacity_overflow_can_be_an_error():
 # ------------------------------------------------------------------------------------------ divergence
 
 
-def _with_nan_in_node(sim, node: int):
+def _with_nan_in_node(sim, node: int, value: float = jnp.nan):
     state = sim.initial_state()
-    params = {k: {n: v.at[node].set(jnp.nan) for n, v in layer.items()} for k, layer in state.params.items()}
+    params = {k: {n: v.at[node].set(value) for n, v in layer.items()} for k, layer in state.params.items()}
     return runner.Progress(state=state.replace(params=params), entries=[], node_accuracy=[], done=0)
 
 
@@ -102,6 +99,13 @@ def test_nan_in_one_node_stops_the_run_with_its_id():
                         after_evaluation=lambda p: seen.append(len(p.entries)))
     assert err.value.nodes.tolist() == [3]
     assert seen == [1]  # the evaluation that found it was still handed over (and would be written)
+
+
+def test_a_finite_model_whose_loss_overflows_has_diverged():
+    # Weights of 1e30 are finite, but their logits and test loss are not (what a huge lr leaves behind).
+    sim = engine.build(tiny(duration=4.0, eval_every=1.0, lr=1e-9))
+    with pytest.raises(runner.DivergenceError, match=r"1 node\(s\) \(4\) hold NaN or inf at t = 1 s"):
+        runner.simulate(sim, progress=False, resume=_with_nan_in_node(sim, 4, value=1e30))
 
 
 def test_divergence_can_be_carried_on_with_nodes_marked():
