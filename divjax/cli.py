@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from jax.errors import JaxRuntimeError
+
 from divjax import claims, engine, report, reproduce, runner
 from divjax.execution import execute
 from divjax.config import (
@@ -35,7 +37,7 @@ from divjax.config import (
 )
 from divjax.data import DataError
 from divjax.reproduce import EXPERIMENTS, REPRODUCE_TASKS, SCALES
-from divjax.rundir import RunDirectory, RunDirectoryError
+from divjax.rundir import RunDirectory, RunDirectoryError, check_new
 
 DEFAULT_ALGORITHMS = ("divshare", "adpsgd", "swift")
 
@@ -144,9 +146,20 @@ def _parser() -> argparse.ArgumentParser:
                                                                  "OUT/REPRODUCTION.md from the run directories")
     for command in (run, resume, reproduce):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-        command.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+        command.add_argument("--checkpoint-every", type=_wall_seconds, default=30.0, metavar="SECONDS",
                              help="wall seconds between checkpoints (taken after evaluations; default: 30)")
     return parser
+
+
+def _wall_seconds(text: str) -> float:
+    """``--checkpoint-every``: a finite number of seconds >= 0 (NaN would silently never checkpoint)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a finite number of seconds >= 0")
+    return value
 
 
 def _field(config: Config, name: str) -> Any:
@@ -164,11 +177,16 @@ def _load_config(path: Path | None, task: str | None, data_dir: str | None) -> t
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--config {path}: not valid JSON ({err})") from None
+    except OSError as err:  # a directory, no permission, ...
+        raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
     algorithms = None
     if isinstance(data, dict) and "config" in data:  # a run directory's config.json
         data, algorithms = data["config"], data.get("algorithms")
+        if not (isinstance(algorithms, list) and all(isinstance(a, str) for a in algorithms)):
+            raise ConfigError(f"--config {path}: 'algorithms'={algorithms!r} is not allowed: expected a list of "
+                              f"names from {', '.join(ALGORITHMS)}")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of config fields")
     return Config.from_dict(data), algorithms
@@ -184,8 +202,11 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
         if value is not None:
             part, _, field = name.rpartition(".")
             (nested[part] if part else top)[field] = value
+    if "eval_every" in top and "eval_every_iterations" in top:
+        raise ConfigError(f"--eval-every={top['eval_every']} and --eval-every-iterations="
+                          f"{top['eval_every_iterations']} are not allowed together: give one period")
     if "eval_every" in top:  # an explicit period in seconds replaces a preset's period in iterations
-        top.setdefault("eval_every_iterations", None)
+        top["eval_every_iterations"] = None
     base = dataclasses.replace(base, network=dataclasses.replace(base.network, **nested["network"]),
                                task=dataclasses.replace(base.task, **nested["task"]), **top)
     if args.algorithms is None:
@@ -195,6 +216,9 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
     if not algorithms:
         raise ConfigError(f"--algorithms={args.algorithms!r} is not allowed: name at least one of "
                           + ", ".join(ALGORITHMS))
+    if len(set(algorithms)) < len(algorithms):
+        raise ConfigError(f"--algorithms={','.join(algorithms)} is not allowed: name each algorithm once "
+                          "(a run directory holds one run per algorithm; compare seeds with `divjax reproduce`)")
     configs = [base.replace(algorithm=a) for a in algorithms]
     for cfg in configs:
         cfg.validate()
@@ -227,6 +251,8 @@ def _split(text: str | None) -> list[str] | None:
 
 def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     experiments = args.experiments or list(EXPERIMENTS)
+    if args.notes is not None and not args.notes.is_file():
+        parser.exit(2, f"divjax: error: --notes {args.notes}: no such file (expected a Markdown file)\n")
     try:
         if not args.report:
             _integer_flag("--seeds", args.seeds, 1)
@@ -253,8 +279,24 @@ def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except (runner.DivergenceError, runner.CapacityError, RunDirectoryError, DataError, FileNotFoundError) as err:
         print(f"divjax: error: {err}", file=sys.stderr)
         return 1
+    except (MemoryError, JaxRuntimeError) as err:
+        if (message := _out_of_memory(err)) is None:
+            raise
+        print(message, file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
+
+
+def _out_of_memory(err: BaseException) -> str | None:
+    """The message for an allocation that failed (numpy's MemoryError, XLA's RESOURCE_EXHAUSTED), else None:
+    a configuration that is valid but too big for this machine, not a bug to show as a traceback."""
+    text = str(err)
+    if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+        return None
+    detail = text.splitlines()[0][:200] if text else type(err).__name__
+    return (f"divjax: error: out of memory ({detail}); lower nodes, batch_size, local_steps, degree, "
+            "snapshot_slots or queue_capacity, or run on a bigger machine")
 
 
 def _integer_flag(flag: str, value: int, low: int) -> None:
@@ -279,11 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             configs = configs_from_args(args)
             if (note := mid_iteration_note(configs[0])) is not None:
                 print(note, file=sys.stderr)
-            first = engine.build(configs[0])  # loads the data: a bad data directory fails here, with no run dir
             out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            check_new(out, args.overwrite)  # a taken --out fails before the data is loaded and compiled
+            first = engine.build(configs[0])  # loads the data: a bad data directory fails here, with no run dir
             run = RunDirectory.create(out, configs, overwrite=args.overwrite)
     except (ConfigError, DataError, RunDirectoryError) as err:
         parser.exit(2, f"divjax: error: {err}\n")
+    except MemoryError as err:  # the task's data for a valid but huge configuration
+        parser.exit(2, f"{_out_of_memory(err)}\n")
     try:
         summaries = execute(run, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_every,
                             first=first)
@@ -293,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (runner.DivergenceError, runner.CapacityError, RunDirectoryError, DataError) as err:
         print(f"divjax: error: {err}\n(metrics so far are in {run.path}/metrics.csv)", file=sys.stderr)
+        return 1
+    except (MemoryError, JaxRuntimeError) as err:
+        if (message := _out_of_memory(err)) is None:
+            raise
+        print(f"{message}\n({run.path} is marked incomplete)", file=sys.stderr)
         return 1
     _report(run, summaries)
     return 0

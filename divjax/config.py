@@ -24,6 +24,7 @@ TASKS = ("synthetic", "cifar10", "movielens", "quadratic")
 PARTITIONS = ("kshard", "dirichlet", "iid")
 CONV_IMPLEMENTATIONS = ("auto", "per-node", "im2col", "xla")
 MOVIELENS_VARIANTS = ("ml-latest-small", "ml-100k")
+GENERATED_TASKS = ("synthetic", "quadratic")  # the tasks that make their own data (no data_dir)
 
 
 class ConfigError(ValueError):
@@ -38,13 +39,28 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
 # Numbers reach the device as float32 (and products of them, e.g. bits per tick), so they are bounded well
 # inside its range: a value that would overflow to inf is refused here rather than silently simulated.
 FLOAT_LIMIT = 1e9
+# Integers reach the device as int32 indices and array sizes. These bounds keep every derived size inside
+# int32 (a larger run would not fit in memory anyway); what does fit is then limited only by the machine.
+INT32_LIMIT = 2**31 - 1
+MAX_SAMPLES_PER_NODE = 10**6
+MAX_QUEUE_RECORDS = 2**24  # message records per sender
+MAX_SNAPSHOT_SLOTS = 2**16  # whole-model snapshots per sender
+MIN_OMEGA = 1e-9  # m = int(1/omega) fragments; the model's size bounds m again when the model is known
+MIN_MBPS = 1e-6  # one bit per second: a slower link would never deliver a model within FLOAT_LIMIT seconds
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float; ``True`` and ``False`` are not numbers here (JSON's ``true`` would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _finite_positive(name: str, value: Any, high: float = FLOAT_LIMIT) -> None:
-    _require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= high,
-        name, value, f"expected a finite number in (0, {high:g}]",
-    )
+    _require(_is_number(value) and 0 < value <= high, name, value, f"expected a finite number in (0, {high:g}]")
+
+
+def _finite_in(name: str, value: Any, low: float, high: float, why: str = "") -> None:
+    _require(_is_number(value) and low <= value <= high, name, value,
+             f"expected a finite number in [{low:g}, {high:g}]{why}")
 
 
 def _integer(name: str, value: Any, low: int, high: float = math.inf) -> None:
@@ -88,13 +104,12 @@ class NetworkConfig:
         _choice("network.transport", self.transport, TRANSPORTS)
         _integer("network.stragglers", self.stragglers, 0, nodes)
         _finite_positive("network.slowdown", self.slowdown)
-        _finite_positive("network.fast_mbps", self.fast_mbps)
-        _require(
-            isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms)
-            and 0 <= self.latency_ms <= FLOAT_LIMIT, "network.latency_ms", self.latency_ms,
-            f"expected a finite number in [0, {FLOAT_LIMIT:g}]",
-        )
-        _integer("network.header_bytes", self.header_bytes, 0, 2**31 - 1)
+        _finite_in("network.fast_mbps", self.fast_mbps, MIN_MBPS, FLOAT_LIMIT)
+        _require(self.fast_mbps / self.slowdown >= MIN_MBPS, "network.slowdown", self.slowdown,
+                 f"a straggler's link (fast_mbps / slowdown = {self.fast_mbps / self.slowdown:.3g} Mbit/s) must "
+                 f"carry at least {MIN_MBPS:g} Mbit/s (one bit per second)")
+        _finite_in("network.latency_ms", self.latency_ms, 0, FLOAT_LIMIT)
+        _integer("network.header_bytes", self.header_bytes, 0, INT32_LIMIT)
         if self.preset == "diablo":
             _require(nodes % 10 == 0, "nodes", nodes, "the diablo preset needs a multiple of 10 (10 sites)")
 
@@ -163,16 +178,13 @@ class TaskConfig:
     def validate(self, nodes: int) -> None:
         _choice("task.name", self.name, TASKS)
         for name in ("alpha", "beta", "samples_sigma_log", "zeta", "sigma"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 100,
-                     f"task.{name}", value, "expected a finite number in [0, 100]")
-        _require(isinstance(self.samples_mean_log, (int, float)) and math.isfinite(self.samples_mean_log)
-                 and -20 <= self.samples_mean_log <= 20, "task.samples_mean_log", self.samples_mean_log,
-                 "expected a finite number in [-20, 20] (sample counts are capped at samples_cap anyway)")
+            _finite_in(f"task.{name}", getattr(self, name), 0, 100)
+        _finite_in("task.samples_mean_log", self.samples_mean_log, -20, 20,
+                   " (sample counts are capped at samples_cap anyway)")
         _integer("task.hidden", self.hidden, 0, 4096)
-        _integer("task.samples_cap", self.samples_cap, 50)
+        _integer("task.samples_cap", self.samples_cap, 50, MAX_SAMPLES_PER_NODE)
         _choice("task.partition", self.partition, PARTITIONS)
-        _integer("task.shards", self.shards, 1)
+        _integer("task.shards", self.shards, 1, INT32_LIMIT)
         _finite_positive("task.dirichlet_alpha", self.dirichlet_alpha)
         _integer("task.partition_seed", self.partition_seed, 0, 2**32 - 1)
         _choice("task.conv", self.conv, CONV_IMPLEMENTATIONS)
@@ -182,9 +194,16 @@ class TaskConfig:
         if self.test_samples is not None:
             _integer("task.test_samples", self.test_samples, 1, 10_000)
         _integer("task.dim", self.dim, 1, 10_000)
-        _integer("task.samples_per_node", self.samples_per_node, 1)
+        _integer("task.samples_per_node", self.samples_per_node, 1, MAX_SAMPLES_PER_NODE)
         _finite_positive("task.tolerance", self.tolerance)
-        if self.name not in ("synthetic", "quadratic"):
+        # Fields that only some tasks read are refused elsewhere, so that a flag is never silently ignored.
+        if self.test_samples is not None:
+            _require(self.name == "cifar10", "task.test_samples", self.test_samples,
+                     f"only the cifar10 task reads it (task is {self.name})")
+        if self.name in GENERATED_TASKS:
+            _require(self.data_dir is None, "task.data_dir", self.data_dir,
+                     f"the {self.name} task generates its data and reads no directory; leave it unset")
+        else:
             _require(isinstance(self.data_dir, str) and bool(self.data_dir), "task.data_dir", self.data_dir,
                      f"the {self.name} task reads its data from a directory you name (--data-dir)")
             _require(Path(self.data_dir).is_dir(), "task.data_dir", self.data_dir,
@@ -304,23 +323,24 @@ class Config:
         """Raise :class:`ConfigError` on the first bad field; return ``self`` so calls chain."""
         _choice("algorithm", self.algorithm, ALGORITHMS)
         _integer("nodes", self.nodes, 2, 1_000_000)
-        _integer("degree", self.degree, 1)
+        _integer("degree", self.degree, 1, 2**16)
         if self.algorithm in ("divshare", "swift"):
             _require(self.degree < self.nodes, "degree", self.degree,
                      f"J must be < nodes={self.nodes} (J distinct peers among the n-1 others)")
         if self.algorithm == "adpsgd":
-            _require(self.degree >= 2, "degree", self.degree, "AD-PSGD sends degree // 2 pings: need degree >= 2")
-        _require(isinstance(self.omega, (int, float)) and not isinstance(self.omega, bool)
-                 and math.isfinite(self.omega) and 0 < self.omega <= 1,
-                 "omega", self.omega, "expected a fragment fraction in (0, 1]")
-        _integer("local_steps", self.local_steps, 1)
-        _integer("batch_size", self.batch_size, 1)
+            _require(2 <= self.degree <= 2 * self.nodes, "degree", self.degree,
+                     f"AD-PSGD sends degree // 2 pings: need 2 <= degree <= 2 * nodes = {2 * self.nodes}")
+        _finite_in("omega", self.omega, MIN_OMEGA, 1, " (a fragment fraction; m = int(1/omega) fragments)")
+        _integer("local_steps", self.local_steps, 1, INT32_LIMIT)
+        _integer("batch_size", self.batch_size, 1, INT32_LIMIT)
+        plan = self.nodes * self.local_steps * self.batch_size
+        _require(plan <= INT32_LIMIT, "batch_size", self.batch_size,
+                 f"an iteration's minibatch plan holds nodes * local_steps * batch_size = {plan:,} sample "
+                 f"indices; expected at most {INT32_LIMIT:,}")
         _finite_positive("lr", self.lr)
         _finite_positive("step_time", self.step_time)
         _integer("compute_stragglers", self.compute_stragglers, 0, self.nodes)
-        _require(isinstance(self.compute_slowdown, (int, float)) and math.isfinite(self.compute_slowdown)
-                 and self.compute_slowdown >= 1, "compute_slowdown", self.compute_slowdown,
-                 "expected a finite number >= 1")
+        _finite_in("compute_slowdown", self.compute_slowdown, 1, FLOAT_LIMIT)
         if self.dt is not None:
             _finite_positive("dt", self.dt)
             _require(self.dt <= self.step_time * (1 + 1e-9), "dt", self.dt,
@@ -328,20 +348,19 @@ class Config:
         _finite_positive("duration", self.duration)
         _finite_positive("eval_every", self.eval_every)
         if self.eval_every_iterations is not None:
-            _integer("eval_every_iterations", self.eval_every_iterations, 1)
+            _integer("eval_every_iterations", self.eval_every_iterations, 1, INT32_LIMIT)
         _require(self.evaluation_period >= self.tick * (1 - 1e-9), "eval_every", self.eval_every,
                  f"expected at least one tick ({self.tick} s)")
-        _require(isinstance(self.target_accuracy, (int, float)) and 0 <= self.target_accuracy <= 1,
-                 "target_accuracy", self.target_accuracy, "expected a fraction in [0, 1]")
+        _finite_in("target_accuracy", self.target_accuracy, 0, 1, " (a fraction)")
         _integer("seed", self.seed, 0, 2**31 - 1)
         _choice("topology", self.topology, TOPOLOGIES)
         if self.algorithm == "dpsgd" and self.topology == "regular":
             _require(self.degree < self.nodes and (self.degree * self.nodes) % 2 == 0, "degree", self.degree,
                      "a random d-regular graph needs degree < nodes and degree * nodes even")
         if self.queue_capacity is not None:
-            _integer("queue_capacity", self.queue_capacity, 1)
+            _integer("queue_capacity", self.queue_capacity, 1, MAX_QUEUE_RECORDS)
         if self.snapshot_slots is not None:
-            _integer("snapshot_slots", self.snapshot_slots, 2)
+            _integer("snapshot_slots", self.snapshot_slots, 2, MAX_SNAPSHOT_SLOTS)
         _choice("on_capacity", self.on_capacity, ON_CAPACITY)
         _choice("on_divergence", self.on_divergence, ON_DIVERGENCE)
         ticks = self.duration / self.tick
@@ -375,10 +394,13 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         """Build a config from a (possibly partial) dict; unknown keys are an error."""
+        _require(isinstance(data, dict), "config", data, "expected a dict (JSON object) of config fields")
         data = dict(data)
         nested = {"network": NetworkConfig, "task": TaskConfig}
         for key, sub_cls in nested.items():
-            if key in data and isinstance(data[key], dict):
+            if key in data:
+                _require(isinstance(data[key], dict), key, data[key],
+                         f"expected a dict (JSON object) of {sub_cls.__name__} fields")
                 data[key] = _build(sub_cls, data[key], prefix=f"{key}.")
         return _build(cls, data)
 

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from divjax import algorithms, batching, sharding, tasks
 from divjax import network as network_lib
-from divjax.config import Config, ConfigError
+from divjax.config import INT32_LIMIT, Config, ConfigError
 from divjax.fragments import FragmentLayout, build_layout, to_fragments
 from divjax.mixing import choose_dense
 from divjax.network import Network
@@ -114,10 +114,16 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
     of mixing (``auto``, ``dense``, ``gather``; the same numbers, see :mod:`divjax.mixing`).
     """
     config.validate()
+    if not isinstance(log_messages, int) or isinstance(log_messages, bool) or log_messages < 0:
+        raise ConfigError(f"log_messages={log_messages!r} is not allowed: expected an integer >= 0 (0: no log)")
     n = config.nodes
+    if network is not None and not isinstance(network, Network):
+        raise ConfigError(f"network={network!r} is not allowed: expected a divjax.network.Network "
+                          "(a NetworkConfig goes in config.network)")
     net = network if network is not None else network_lib.from_config(config.network, n)
     if net.nodes != n:
-        raise ValueError(f"network has {net.nodes} nodes but config.nodes={n}")
+        raise ConfigError(f"network with {net.nodes} nodes is not allowed: expected one per node, "
+                          f"config.nodes={n}")
     if (task is None) != (data is None):
         raise ValueError("pass both task and data, or neither")
     if task is None:
@@ -133,10 +139,19 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
         raise ConfigError(f"queue_capacity={config.queue_capacity} is not allowed: a {config.algorithm} node "
                           f"queues {out_width} messages at each boundary; expected at least {out_width}")
     queue_capacity, slots = config.capacities(out_width)
+    if n * max(queue_capacity, slots) > INT32_LIMIT:  # the queue and the snapshot ring are indexed in int32
+        raise ConfigError(f"nodes={n} x {queue_capacity} queue records and {slots} snapshot slots per node is not "
+                          f"allowed: expected at most {INT32_LIMIT:,} in all (lower degree, queue_capacity or "
+                          "snapshot_slots)")
 
     init_params = task.init_params(jax.random.key(0))
     leaves = jax.tree.leaves(init_params)
-    layout = build_layout([int(np.prod(x.shape)) for x in leaves], config.fragments, config.seed)
+    tensor_sizes = [int(np.prod(x.shape)) for x in leaves]
+    if config.fragments > sum(tensor_sizes):  # every fragment past the d-th would be empty, yet still sent
+        raise ConfigError(f"omega={config.omega} is not allowed: it cuts the {config.task.name} model's "
+                          f"d={sum(tensor_sizes)} parameters into m={config.fragments} fragments; "
+                          f"expected omega >= 1/d = {1 / sum(tensor_sizes):.3g}")
+    layout = build_layout(tensor_sizes, config.fragments, config.seed)
     width = layout.width
     spec = SimSpec(
         algorithm=config.algorithm, task=task, nodes=n, fragments=layout.num_fragments, fragment_width=width,

@@ -14,13 +14,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.resources
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from divjax.config import ConfigError, NetworkConfig
+from divjax.config import FLOAT_LIMIT, INT32_LIMIT, TRANSPORTS, ConfigError, NetworkConfig
 
 MBPS = 1e6
+
+# The bounds NetworkConfig puts on a preset (fast_mbps <= FLOAT_LIMIT, latency_ms <= FLOAT_LIMIT,
+# header_bytes <= INT32_LIMIT), in this module's units, so that a custom Network cannot go where a preset may
+# not. Rates reach the device as float32 bits per tick: a rate far below a bit per second would underflow
+# there to 0 and silently never deliver, hence the lower bound, the reciprocal of the upper one's limit.
+MIN_BPS = 1.0 / FLOAT_LIMIT
+MAX_BPS = FLOAT_LIMIT * MBPS
+MAX_LATENCY_S = FLOAT_LIMIT / 1e3
+MAX_HEADER_BITS = 8 * INT32_LIMIT
 
 DIABLO_SITES = ("capetown", "tokyo", "mumbai", "sydney", "stockholm",
                 "milan", "bahrain", "saopaulo", "ohio", "oregon")
@@ -52,23 +62,51 @@ class Network:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        n = len(self.up_bps)
-        for field_name in ("down_bps", "latency_s", "group"):
-            if len(getattr(self, field_name)) != n:
-                raise ConfigError(f"network.{field_name} has {len(getattr(self, field_name))} entries, "
-                                  f"expected one per node ({n})")
-        for field_name in ("up_bps", "down_bps"):
-            values = np.asarray(getattr(self, field_name), dtype=np.float64)
-            if np.any(~(values > 0)):
-                bad = values[~(values > 0)][0]
-                raise ConfigError(f"network.{field_name} contains {bad!r}: bandwidths must be > 0 (inf for no cap)")
-        if np.any(~np.isfinite(self.latency_s)) or np.any(np.asarray(self.latency_s) < 0):
-            raise ConfigError("network.latency_s must be finite and >= 0")
-        caps = np.asarray(self.group_cap_bps, dtype=np.float64)
-        if np.any(~(caps > 0)):
-            raise ConfigError("network.group_cap_bps must be > 0 (inf for no cap)")
-        if self.transport not in ("fifo", "shared"):
-            raise ConfigError(f"network.transport={self.transport!r} is not allowed: expected fifo or shared")
+        """Check every field (raising :class:`ConfigError` naming it, the bad value and what is allowed) and
+        store the arrays as read-only numpy copies, so what was checked is what gets simulated."""
+        bandwidth = f"expected a bandwidth in [{MIN_BPS:g}, {MAX_BPS:g}] bit/s, or inf for no cap"
+        latency = f"expected a latency in [0, {MAX_LATENCY_S:g}] s"
+        up = _checked("up_bps", self.up_bps, 1, MIN_BPS, MAX_BPS, bandwidth, allow_inf=True)
+        n = len(up)
+        if n == 0:
+            raise ConfigError("network.up_bps is empty: expected one entry per node")
+        down = _checked("down_bps", self.down_bps, 1, MIN_BPS, MAX_BPS, bandwidth, allow_inf=True)
+        lat = _checked("latency_s", self.latency_s, 1, 0.0, MAX_LATENCY_S, latency)
+        group = _array("group", self.group, 1, None)
+        for field_name, values in (("down_bps", down), ("latency_s", lat), ("group", group)):
+            if len(values) != n:
+                raise ConfigError(f"network.{field_name} has {len(values)} entries, "
+                                  f"expected one per node ({n}, as up_bps)")
+        caps = _checked("group_cap_bps", self.group_cap_bps, 2, MIN_BPS, MAX_BPS, bandwidth, allow_inf=True)
+        extra = _checked("group_latency_s", self.group_latency_s, 2, 0.0, MAX_LATENCY_S, latency)
+        if caps.shape[0] != caps.shape[1] or caps.shape[0] == 0:
+            raise ConfigError(f"network.group_cap_bps has shape {caps.shape}: expected [G, G] for G >= 1 groups")
+        if extra.shape != caps.shape:
+            raise ConfigError(f"network.group_latency_s has shape {extra.shape}: expected {caps.shape}, "
+                              "the shape of group_cap_bps")
+        groups = caps.shape[0]
+        ids = f"expected integer group ids in [0, {groups - 1}] (rows of group_cap_bps)"
+        if group.dtype.kind not in "iu":
+            raise ConfigError(f"network.group has dtype {group.dtype}: {ids}")
+        outside = (group < 0) | (group >= groups)
+        if outside.any():
+            index = int(np.argmax(outside))
+            raise ConfigError(f"network.group[{index}]={group[index].item()!r} is not allowed: {ids}")
+        header = self.header_bits
+        if not (isinstance(header, numbers.Integral) and not isinstance(header, bool)
+                and 0 <= header <= MAX_HEADER_BITS):
+            raise ConfigError(f"network.header_bits={header!r} is not allowed: "
+                              f"expected an integer in [0, {MAX_HEADER_BITS}]")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"network.transport={self.transport!r} is not allowed: "
+                              f"expected one of {', '.join(TRANSPORTS)}")
+        for field_name, values in (("up_bps", up), ("down_bps", down), ("latency_s", lat),
+                                   ("group", group.astype(np.int32)), ("group_cap_bps", caps),
+                                   ("group_latency_s", extra)):
+            values = values.copy()  # not the caller's array, which could still change
+            values.flags.writeable = False
+            object.__setattr__(self, field_name, values)  # frozen: set once, here
+        object.__setattr__(self, "header_bits", int(header))
         rate = self.path_rate_bps()
         if not np.all(np.isfinite(rate[~np.eye(n, dtype=bool)])):
             raise ConfigError("every pair of nodes needs a finite path bandwidth: give per-node bandwidths "
@@ -98,6 +136,29 @@ class Network:
 
     def with_transport(self, transport: str) -> "Network":
         return dataclasses.replace(self, transport=transport)
+
+
+def _array(name: str, values: object, ndim: int, dtype: type | None) -> np.ndarray:
+    """``values`` as a numpy array of ``ndim`` dimensions (``dtype`` None: as numpy infers it)."""
+    try:
+        array = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError) as e:  # ragged lists, strings, ...
+        raise ConfigError(f"network.{name}={values!r} is not allowed: expected a {ndim}-D array of numbers") from e
+    if array.ndim != ndim:
+        shown = np.array2string(array, threshold=6, edgeitems=2).replace("\n", "")  # one line, summarised
+        raise ConfigError(f"network.{name}={shown} (shape {array.shape}) is not allowed: expected a {ndim}-D array")
+    return array
+
+
+def _checked(name: str, values: object, ndim: int, low: float, high: float, allowed: str, *,
+             allow_inf: bool = False) -> np.ndarray:
+    """``values`` as a float64 array of ``ndim`` dimensions, every entry in ``[low, high]`` (or ``inf``)."""
+    array = _array(name, values, ndim, np.float64)
+    ok = ((array >= low) & (array <= high)) | (allow_inf & (array == np.inf))  # NaN fails both
+    if not ok.all():
+        index = ", ".join(str(i) for i in np.argwhere(~ok)[0])
+        raise ConfigError(f"network.{name}[{index}]={float(array[~ok][0])!r} is not allowed: {allowed}")
+    return array
 
 
 def uniform(n: int, mbps: float = 60.0, latency_ms: float = 1.0, *, transport: str = "fifo",

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from divjax import execution
+from divjax import execution, tasks
 from divjax.config import TRANSPORTS, Config, ConfigError
 from divjax.rundir import RunDirectory, RunDirectoryError, config_hash, environment, write_atomic
 
@@ -233,6 +233,7 @@ def run_experiment(experiment: str, task: str, out: str | Path, *, scale: str = 
     rows = experiment_rows(experiment, task, scale, data_dir, methods, settings)
     for seed in seeds:
         Config().replace(seed=seed).validate()
+    tasks.check_data(rows[0].config.task)  # a bad data directory fails before any directory is written
     where = experiment_dir(Path(out), task, experiment)
     _record_experiment(where, task, experiment, scale, base=_scaled(Config.for_task(task, data_dir), scale)[0])
     done = 0
@@ -317,10 +318,14 @@ def _finished_twin(out: Path, config: Config) -> RunDirectory | None:
     """
     want, here = config_hash([config]), environment()
     for status_path in sorted(Path(out).glob("*/*/*/seed*/status.json")):
-        status = json.loads(status_path.read_text())
-        if (status.get("complete") and status.get("config_hash") == want and "vmapped_with" not in status
+        try:
+            run = RunDirectory.open(status_path.parent)
+        except RunDirectoryError:
+            continue  # a damaged run is no twin; its own experiment reports it when that one is rerun
+        status = run.status
+        if (run.complete and status.get("config_hash") == want and "vmapped_with" not in status
                 and all(status["environment"].get(k) == here[k] for k in ("backend", "devices", "jax", "divjax"))):
-            return RunDirectory.open(status_path.parent)
+            return run
     return None
 
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import jax
 import numpy as np
 
-from divjax.config import Config, ConfigError
+from divjax.config import Config
 
 CONFIG, STATUS, METRICS = "config.json", "status.json", "metrics.csv"
 RESULTS = ("summary.json", "accuracy.png")  # written once the run is complete
@@ -151,6 +151,80 @@ def _remove_checkpoints(path: Path, keep: str | None) -> None:
             stale.unlink(missing_ok=True)
 
 
+def check_new(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse a ``path`` that cannot become a new run directory: one that is, or lies under, something other
+    than a directory, or an existing non-empty directory unless ``overwrite``. Checks only, writing nothing,
+    so that it can be called before a run is built."""
+    path = Path(path)
+    for where in (path, *path.parents):
+        if where.exists():  # False below a file: look further up
+            if not where.is_dir():
+                raise RunDirectoryError(f"{path} is not a directory: choose another --out" if where == path else
+                                        f"{path} cannot be a directory: {where} is a file; choose another --out")
+            break
+    try:
+        taken = path.is_dir() and any(path.iterdir())
+    except OSError as err:
+        raise RunDirectoryError(f"{path} cannot be read: {err.strerror or err}") from None
+    if taken and not overwrite:
+        raise RunDirectoryError(f"{path} already exists and is not empty: choose another --out, "
+                                f"continue it with `divjax resume {path}`, or pass --overwrite")
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON content of a run directory's file; unreadable or invalid JSON is a :class:`RunDirectoryError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RunDirectoryError(f"{path} cannot be read: {err.strerror or err}") from None
+    try:
+        return json.loads(data.decode("utf-8"))  # as written (json.loads would guess UTF-16 from some bytes)
+    except UnicodeDecodeError as err:
+        raise RunDirectoryError(f"{path} is damaged: it is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except ValueError as err:
+        raise RunDirectoryError(f"{path} is damaged: it is not valid JSON ({err})") from None
+
+
+def _found(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_status(path: Path, status: Any, configs: Sequence[Config]) -> None:
+    """Check the shape of ``status.json``'s content (``status``) against the run's configs, so that every later
+    ``status[...]`` holds what it is used as. Refuses a file damaged or edited by hand with a message naming
+    the field, what it should be and what was found; a config.json edited by hand (its hash differs) likewise."""
+    where = f"{path}/{STATUS}"
+    if not isinstance(status, dict):
+        raise RunDirectoryError(f"{where} is damaged: it should hold a JSON object (found {_found(status)})")
+    if status.get("config_hash") != config_hash(configs):
+        raise RunDirectoryError(f"{path}/{CONFIG} does not match the run that {STATUS} records "
+                                "(edited by hand?): start a new run instead")
+    algorithms = [c.algorithm for c in configs]
+
+    def require(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            found = f"found {_found(status[key])}" if key in status else "missing"
+            raise RunDirectoryError(f"{where} is damaged: {key!r} should be {allowed} ({found})")
+
+    require(isinstance(status.get("complete"), bool), "complete", "true or false")
+    finished = status.get("finished")
+    require(isinstance(finished, list) and all(isinstance(a, str) and a in algorithms for a in finished)
+            and len(set(finished)) == len(finished), "finished",
+            f"a list of algorithm names, each once, out of {', '.join(algorithms)}")
+    require(not status["complete"] or set(finished) == set(algorithms), "finished",
+            f"every algorithm ({', '.join(algorithms)}) since 'complete' is true")
+    require(isinstance(status.get("environment"), dict), "environment", "an object of versions")
+    record = status.get("checkpoint")
+    require(record is None or (isinstance(record, dict) and record.get("algorithm") in algorithms
+                               and isinstance(record.get("file"), str) and record["file"].startswith("checkpoint-")
+                               and "/" not in record["file"] and isinstance(record.get("sha256"), str)),
+            "checkpoint", 'null or {"algorithm": name, "file": "checkpoint-...", "sha256": digest}')
+    summaries = status.get("summaries", {})  # written when the first algorithm finishes
+    require(isinstance(summaries, dict) and all(isinstance(summaries.get(a), dict) for a in finished),
+            "summaries", f"an object holding the summary of every finished algorithm ({', '.join(finished)})")
+
+
 @dataclass
 class RunDirectory:
     """A run directory on disk (see the module docstring)."""
@@ -165,39 +239,46 @@ class RunDirectory:
         """Start a new run directory; an existing non-empty one is an error unless ``overwrite``."""
         _check_one_configuration(configs)
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            if not overwrite:
-                raise RunDirectoryError(f"{path} already exists and is not empty: choose another --out, "
-                                        f"continue it with `divjax resume {path}`, or pass --overwrite")
-            for name in (CONFIG, STATUS, METRICS, *RESULTS):
-                (path / name).unlink(missing_ok=True)
-            _remove_checkpoints(path, keep=None)
-        path.mkdir(parents=True, exist_ok=True)
-        base = configs[0].to_dict()
-        write_atomic(path / CONFIG, _json({"algorithms": [c.algorithm for c in configs], "config": base}))
-        run = cls(path=path, configs=list(configs), status={
-            "complete": False, "finished": [], "config_hash": config_hash(configs), "environment": environment(),
-            "checkpoint": None})
-        run._write_status()
-        write_atomic(path / METRICS, b"")
+        check_new(path, overwrite)
+        try:
+            if path.is_dir():  # empty, or to be overwritten
+                for name in (STATUS, CONFIG, METRICS, *RESULTS):  # status.json first: the rest is no run then
+                    (path / name).unlink(missing_ok=True)
+                _remove_checkpoints(path, keep=None)
+            path.mkdir(parents=True, exist_ok=True)
+            base = configs[0].to_dict()
+            write_atomic(path / CONFIG, _json({"algorithms": [c.algorithm for c in configs], "config": base}))
+            write_atomic(path / METRICS, b"")
+            run = cls(path=path, configs=list(configs), status={
+                "complete": False, "finished": [], "config_hash": config_hash(configs), "environment": environment(),
+                "checkpoint": None})
+            run._write_status()  # last: a directory with a status.json has every file `open` needs
+        except OSError as err:  # permissions, a full disk, a name taken by a directory: not a divjax bug
+            raise RunDirectoryError(f"cannot write the run directory {path}: {err.strerror or err}") from None
         return run
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDirectory:
-        """An existing run directory, to resume."""
+        """An existing run directory, to resume. Every file it needs is checked here, before anything is
+        compiled, so that a damaged or hand-edited one is a clear error rather than a crash where it is used."""
         path = Path(path)
         for name in (CONFIG, STATUS):
             if not (path / name).is_file():
                 raise RunDirectoryError(f"{path} is not a divjax run directory: {name} is missing")
+        if not (path / METRICS).is_file():
+            raise RunDirectoryError(f"{path}/{METRICS} is missing: the run directory is damaged; start the run again")
+        config = _read_json(path / CONFIG)
         try:
-            config = json.loads((path / CONFIG).read_text())
-            status = json.loads((path / STATUS).read_text())
+            if not (isinstance(config, dict) and isinstance(config.get("algorithms"), list)
+                    and isinstance(config.get("config"), dict)):
+                raise ValueError('it should hold {"algorithms": [names], "config": {fields}} '
+                                 f"(found {_found(config)})")
             configs = [Config.from_dict({**config["config"], "algorithm": a}) for a in config["algorithms"]]
-        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as err:
-            raise RunDirectoryError(f"{path}: config.json or status.json is damaged ({err})") from None
-        if status.get("config_hash") != config_hash(configs):
-            raise RunDirectoryError(f"{path}/config.json does not match the run that status.json records "
-                                    "(edited by hand?): start a new run instead")
+            _check_one_configuration(configs)
+        except (TypeError, ValueError) as err:  # ConfigError is a ValueError
+            raise RunDirectoryError(f"{path}/{CONFIG} is damaged: {err}") from None
+        status = _read_json(path / STATUS)
+        _check_status(path, status, configs)
         return cls(path=path, configs=configs, status=status)
 
     # ------------------------------------------------------------------ progress

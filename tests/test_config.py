@@ -1,5 +1,6 @@
 """Bad input is refused with a clear error naming the field, before anything compiles."""
 
+import dataclasses
 import json
 import warnings
 
@@ -8,7 +9,7 @@ import pytest
 
 from divjax import engine, network
 from divjax.config import Config, ConfigError, NetworkConfig
-from tests.helpers import tiny
+from tests.helpers import TINY_TASK, tiny
 
 
 def NET(**changes) -> NetworkConfig:
@@ -34,11 +35,30 @@ def NET(**changes) -> NetworkConfig:
         (dict(topology="star"), "topology"),
         (dict(network=NET(fast_mbps=0.0)), "network.fast_mbps"),
         (dict(network=NET(fast_mbps=-5.0)), "network.fast_mbps"),
+        (dict(network=NET(fast_mbps=1e-9)), "network.fast_mbps"),  # below a bit per second
+        (dict(network=NET(fast_mbps=1e-5, slowdown=100.0)), "network.slowdown"),  # stragglers below it
         (dict(network=NET(slowdown=0.0)), "network.slowdown"),
         (dict(network=NET(transport="udp")), "network.transport"),
         (dict(network=NET(preset="mesh")), "network.preset"),
         (dict(network=NetworkConfig(stragglers=7)), "network.stragglers"),  # more than 6 nodes
         (dict(network=NET(preset="diablo")), "nodes"),  # 6 is not a multiple of 10
+        # Sizes that would overflow int32 or ask for terabytes fail here, not in XLA.
+        (dict(batch_size=10**9), "batch_size"),
+        (dict(local_steps=10**9), "batch_size"),  # the minibatch plan's size names it
+        (dict(queue_capacity=10**12), "queue_capacity"),
+        (dict(snapshot_slots=10**12), "snapshot_slots"),
+        (dict(algorithm="adpsgd", degree=10**12), "degree"),
+        (dict(omega=1e-4), "omega"),  # 10,000 fragments of a 294-parameter model: most would be empty
+        (dict(omega=5e-324), "omega"),  # int(1/omega) would overflow
+        (dict(task=dataclasses.replace(TINY_TASK, samples_cap=10**12)), "task.samples_cap"),
+        # JSON's true is not a number.
+        (dict(target_accuracy=True), "target_accuracy"),
+        (dict(compute_slowdown=True), "compute_slowdown"),
+        (dict(network=NET(latency_ms=True)), "network.latency_ms"),
+        (dict(task=dataclasses.replace(TINY_TASK, alpha=True)), "task.alpha"),
+        # A field the task does not read is refused rather than silently ignored.
+        (dict(task=dataclasses.replace(TINY_TASK, test_samples=100)), "task.test_samples"),
+        (dict(task=dataclasses.replace(TINY_TASK, data_dir="/tmp")), "task.data_dir"),
     ],
 )
 def test_bad_input_is_refused_before_compiling(changes, field):
@@ -54,7 +74,7 @@ def test_bad_input_is_refused_before_compiling(changes, field):
 def test_error_names_value_and_allowed_range():
     with pytest.raises(ConfigError, match=r"degree=6 is not allowed: J must be < nodes=6"):
         tiny(degree=6).validate()
-    with pytest.raises(ConfigError, match=r"omega=1.5 .*\(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"omega=1.5 .*\[1e-09, 1\]"):
         tiny(omega=1.5).validate()
 
 

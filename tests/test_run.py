@@ -8,11 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from jax.errors import JaxRuntimeError
 
 import divjax
 from divjax import cli, engine, network
-from divjax.config import Config, NetworkConfig, TaskConfig
-from tests.helpers import tiny
+from divjax.config import Config, ConfigError, NetworkConfig, TaskConfig
+from tests.helpers import TINY_FLAGS, tiny
 
 
 def test_api_runs_and_reports():
@@ -109,6 +110,48 @@ def test_cli_bad_input_is_a_clear_error(flags, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--algorithms", "divshare,divshare"], "--algorithms=divshare,divshare is not allowed: name each"),
+    (["run", "--checkpoint-every", "nan"], "--checkpoint-every: 'nan' is not allowed"),
+    (["run", "--checkpoint-every", "-1"], "--checkpoint-every: '-1' is not allowed"),
+    (["run", "--eval-every", "1", "--eval-every-iterations", "2"], "are not allowed together"),
+    (["run", "--data-dir", "."], "task.data_dir='.' is not allowed: the synthetic task generates its data"),
+    (["run", "--test-samples", "100"], "task.test_samples=100 is not allowed: only the cifar10 task"),
+    (["run", "--batch-size", "1000000000"], "batch_size=1000000000 is not allowed"),
+    (["run", "--omega", "0.0001"], "omega=0.0001 is not allowed: it cuts the synthetic model's d=2282"),
+    (["run", "--config", "."], "--config .: cannot be read"),
+    (["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--notes", "/nonexistent/notes.md"],
+     "--notes /nonexistent/notes.md: no such file"),
+])
+def test_cli_refuses_values_it_would_ignore_or_choke_on(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before any run directory was written
+
+
+@pytest.mark.parametrize("config", [{"network": 5}, {"task": "synthetic"}, {"config": {}, "algorithms": 5}],
+                         ids=["network", "task", "algorithms"])
+def test_cli_config_files_of_the_wrong_shape_are_refused(config, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="is not allowed: expected a"):
+        cli.configs_from_args(cli._parser().parse_args(["run", "--config", str(path)]))
+
+
+def test_running_out_of_memory_is_a_clear_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 512000000000 bytes.")
+
+    monkeypatch.setattr(cli, "execute", exhausted)
+    code = cli.main(["run", *TINY_FLAGS, "--duration", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "divjax: error: out of memory (RESOURCE_EXHAUSTED" in err and "lower nodes" in err
+    assert not json.loads((tmp_path / "run" / "status.json").read_text())["complete"]
 
 
 def test_cli_help_documents_every_flag():

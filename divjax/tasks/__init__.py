@@ -12,7 +12,7 @@ from divjax.tasks.quadratic import QuadraticTask
 from divjax.tasks.synthetic import SyntheticTask
 
 __all__ = ["Cifar10Task", "MovieLensTask", "NodeShards", "QuadraticTask", "SyntheticTask", "Task", "TaskData",
-           "build"]
+           "build", "check_data"]
 
 
 def conv_for_backend(choice: str) -> str:
@@ -33,3 +33,14 @@ def build(cfg: TaskConfig, nodes: int, seed: int) -> tuple[Task, TaskData]:
     if cfg.name == "quadratic":
         return quadratic.build(cfg, nodes, seed)
     return SyntheticTask(hidden=cfg.hidden), synthetic.generate(cfg, nodes, seed)
+
+
+def check_data(cfg: TaskConfig) -> None:
+    """Read and verify the files the task of ``cfg`` needs, raising :class:`~divjax.data.DataError` when they
+    are missing or damaged: a caller that writes directories checks this first. Generated tasks read none."""
+    from divjax.data import load_cifar10, load_movielens
+
+    if cfg.name == "cifar10":
+        load_cifar10(cfg.data_dir)
+    elif cfg.name == "movielens":
+        load_movielens(cfg.data_dir, variant=cfg.variant)
