@@ -280,10 +280,7 @@ def _reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         print(f"divjax: error: {err}", file=sys.stderr)
         return 1
     except (MemoryError, JaxRuntimeError) as err:
-        if (message := _out_of_memory(err)) is None:
-            raise
-        print(message, file=sys.stderr)
-        return 1
+        return _exit_out_of_memory(err)
     print(f"wrote {path}")
     return 0
 
@@ -297,6 +294,14 @@ def _out_of_memory(err: BaseException) -> str | None:
     detail = text.splitlines()[0][:200] if text else type(err).__name__
     return (f"divjax: error: out of memory ({detail}); lower nodes, batch_size, local_steps, degree, "
             "snapshot_slots or queue_capacity, or run on a bigger machine")
+
+
+def _exit_out_of_memory(err: BaseException, aftermath: str = "") -> int:
+    """Print the one-line error for an allocation failure and return the exit status; anything else re-raised."""
+    if (message := _out_of_memory(err)) is None:
+        raise err
+    print(message + (f"\n({aftermath})" if aftermath else ""), file=sys.stderr)
+    return 1
 
 
 def _integer_flag(flag: str, value: int, low: int) -> None:
@@ -340,10 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"divjax: error: {err}\n(metrics so far are in {run.path}/metrics.csv)", file=sys.stderr)
         return 1
     except (MemoryError, JaxRuntimeError) as err:
-        if (message := _out_of_memory(err)) is None:
-            raise
-        print(f"{message}\n({run.path} is marked incomplete)", file=sys.stderr)
-        return 1
+        return _exit_out_of_memory(err, f"{run.path} is marked incomplete")
     _report(run, summaries)
     return 0
 

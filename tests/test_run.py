@@ -151,7 +151,17 @@ def test_running_out_of_memory_is_a_clear_error_not_a_traceback(tmp_path, capsys
     code = cli.main(["run", *TINY_FLAGS, "--duration", "1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1 and "divjax: error: out of memory (RESOURCE_EXHAUSTED" in err and "lower nodes" in err
+    assert f"{tmp_path / 'run'} is marked incomplete" in err
     assert not json.loads((tmp_path / "run" / "status.json").read_text())["complete"]
+
+
+def test_an_xla_error_that_is_not_out_of_memory_is_not_disguised_as_one(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(cli, "execute", broken)
+    with pytest.raises(JaxRuntimeError, match="INTERNAL: something else"):
+        cli.main(["run", *TINY_FLAGS, "--duration", "1", "--out", str(tmp_path / "run")])
 
 
 def test_cli_help_documents_every_flag():
