@@ -37,7 +37,7 @@ from divjax.config import (
 )
 from divjax.data import DataError
 from divjax.reproduce import EXPERIMENTS, REPRODUCE_TASKS, SCALES
-from divjax.rundir import RunDirectory, RunDirectoryError, check_new
+from divjax.rundir import RunDirectory, RunDirectoryError, check_new, check_one_configuration, configs_from_json
 
 DEFAULT_ALGORITHMS = ("divshare", "adpsgd", "swift")
 
@@ -181,15 +181,15 @@ def _load_config(path: Path | None, task: str | None, data_dir: str | None) -> t
         raise ConfigError(f"--config {path}: not valid JSON ({err})") from None
     except OSError as err:  # a directory, no permission, ...
         raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
-    algorithms = None
     if isinstance(data, dict) and "config" in data:  # a run directory's config.json
-        data, algorithms = data["config"], data.get("algorithms")
-        if not (isinstance(algorithms, list) and all(isinstance(a, str) for a in algorithms)):
-            raise ConfigError(f"--config {path}: 'algorithms'={algorithms!r} is not allowed: expected a list of "
-                              f"names from {', '.join(ALGORITHMS)}")
+        try:
+            configs = configs_from_json(data)
+        except ConfigError as err:
+            raise ConfigError(f"--config {path} (a run directory's config.json): {err}") from None
+        return configs[0], [c.algorithm for c in configs]
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of config fields")
-    return Config.from_dict(data), algorithms
+    return Config.from_dict(data), None
 
 
 def configs_from_args(args: argparse.Namespace) -> list[Config]:
@@ -216,10 +216,8 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
     if not algorithms:
         raise ConfigError(f"--algorithms={args.algorithms!r} is not allowed: name at least one of "
                           + ", ".join(ALGORITHMS))
-    if len(set(algorithms)) < len(algorithms):
-        raise ConfigError(f"--algorithms={','.join(algorithms)} is not allowed: name each algorithm once "
-                          "(a run directory holds one run per algorithm; compare seeds with `divjax reproduce`)")
     configs = [base.replace(algorithm=a) for a in algorithms]
+    check_one_configuration(configs)
     for cfg in configs:
         cfg.validate()
     return configs
@@ -332,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = RunDirectory.create(out, configs, overwrite=args.overwrite)
     except (ConfigError, DataError, RunDirectoryError) as err:
         parser.exit(2, f"divjax: error: {err}\n")
-    except MemoryError as err:  # the task's data for a valid but huge configuration
-        parser.exit(2, f"{_out_of_memory(err)}\n")
+    except (MemoryError, JaxRuntimeError) as err:  # the task's data or parameters of a valid but huge configuration
+        return _exit_out_of_memory(err)
     try:
         summaries = execute(run, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_every,
                             first=first)

@@ -148,7 +148,7 @@ def build(config: Config, network: Network | None = None, task: Task | None = No
     leaves = jax.tree.leaves(init_params)
     tensor_sizes = [int(np.prod(x.shape)) for x in leaves]
     if config.fragments > sum(tensor_sizes):  # every fragment past the d-th would be empty, yet still sent
-        raise ConfigError(f"omega={config.omega} is not allowed: it cuts the {config.task.name} model's "
+        raise ConfigError(f"omega={config.omega} is not allowed: it cuts the model's "
                           f"d={sum(tensor_sizes)} parameters into m={config.fragments} fragments; "
                           f"expected omega >= 1/d = {1 / sum(tensor_sizes):.3g}")
     layout = build_layout(tensor_sizes, config.fragments, config.seed)

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from divjax.config import FLOAT_LIMIT, INT32_LIMIT, TRANSPORTS, ConfigError, NetworkConfig
+from divjax.config import FLOAT_LIMIT, INT32_LIMIT, MIN_MBPS, TRANSPORTS, ConfigError, NetworkConfig
 
 MBPS = 1e6
 
-# The bounds NetworkConfig puts on a preset (fast_mbps <= FLOAT_LIMIT, latency_ms <= FLOAT_LIMIT,
+# The bounds NetworkConfig puts on a preset (MIN_MBPS <= fast_mbps <= FLOAT_LIMIT, latency_ms <= FLOAT_LIMIT,
 # header_bytes <= INT32_LIMIT), in this module's units, so that a custom Network cannot go where a preset may
 # not. Rates reach the device as float32 bits per tick: a rate far below a bit per second would underflow
-# there to 0 and silently never deliver, hence the lower bound, the reciprocal of the upper one's limit.
-MIN_BPS = 1.0 / FLOAT_LIMIT
+# there to 0 and silently never deliver, hence the lower bound.
+MIN_BPS = MIN_MBPS * MBPS
 MAX_BPS = FLOAT_LIMIT * MBPS
 MAX_LATENCY_S = FLOAT_LIMIT / 1e3
 MAX_HEADER_BITS = 8 * INT32_LIMIT

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import jax
 import numpy as np
 
-from divjax.config import Config
+from divjax.config import Config, ConfigError
 
 CONFIG, STATUS, METRICS = "config.json", "status.json", "metrics.csv"
 RESULTS = ("summary.json", "accuracy.png")  # written once the run is complete
@@ -49,21 +49,22 @@ class RunDirectoryError(RuntimeError):
     """A run directory is missing, would be overwritten, or holds a damaged file."""
 
 
-def _check_one_configuration(configs: Sequence[Config]) -> None:
+def check_one_configuration(configs: Sequence[Config]) -> None:
     """A run directory records one configuration (``configs[0]``'s) and keys its runs by algorithm, so the
     configs must differ in their algorithm alone, each algorithm once: refuse anything else (seeds, say)
-    rather than lose it. Write each configuration to its own directory."""
+    rather than lose it, with a :class:`~divjax.config.ConfigError`. Write each configuration to its own
+    directory."""
     if not configs:
-        raise ValueError("a run directory needs at least one config")
+        raise ConfigError("algorithms=[] is not allowed: a run directory needs at least one algorithm")
     algorithms = [c.algorithm for c in configs]
     if len(set(algorithms)) < len(algorithms):
-        raise ValueError(f"algorithms {algorithms} repeat; a run directory holds one run per algorithm "
-                         "(write each configuration to its own directory)")
+        raise ConfigError(f"algorithms={','.join(map(str, algorithms))} is not allowed: name each algorithm once (a "
+                          "run directory holds one run per algorithm; compare seeds with `divjax reproduce`)")
     first, base = configs[0], configs[0].to_dict()
     for config in configs[1:]:
         if config.replace(algorithm=first.algorithm) != first:
             changed = sorted(k for k, v in config.to_dict().items() if k != "algorithm" and v != base[k])
-            raise ValueError(f"the {config.algorithm} config differs from the {first.algorithm} one in "
+            raise ConfigError(f"the {config.algorithm} config differs from the {first.algorithm} one in "
                              f"{', '.join(changed)}; a run directory holds one configuration (write each to its "
                              "own directory)")
 
@@ -114,11 +115,15 @@ def config_hash(configs: Sequence[Config]) -> str:
 
 def source_commit() -> str:
     """The git commit divjax was imported from (``+dirty`` when its ``divjax/`` has uncommitted changes), or
-    ``unknown`` outside a git checkout (an installed wheel): which code produced a result, beyond its version."""
+    ``unknown`` outside a divjax checkout (an installed wheel): which code produced a result, beyond its version."""
+    root = Path(__file__).resolve().parent.parent
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10,
-                              cwd=Path(__file__).parent.parent).stdout.strip()  # pathspecs from the checkout's root
+                              cwd=root).stdout.strip()  # pathspecs from the checkout's root
     try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:  # site-packages inside someone's repo
+            return "unknown"
         return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "divjax") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -190,6 +195,18 @@ def _found(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def configs_from_json(content: Any) -> list[Config]:
+    """The configurations that the content of a run directory's ``config.json`` describes, one per algorithm
+    (``{"algorithms": [names], "config": {fields}}``); a :class:`~divjax.config.ConfigError` if it is not such."""
+    if not (isinstance(content, dict) and isinstance(content.get("algorithms"), list)
+            and all(isinstance(a, str) for a in content["algorithms"]) and isinstance(content.get("config"), dict)):
+        raise ConfigError('it should hold {"algorithms": [names], "config": {fields}} '
+                          f"(found {_found(content)})")
+    configs = [Config.from_dict({**content["config"], "algorithm": a}) for a in content["algorithms"]]
+    check_one_configuration(configs)
+    return configs
+
+
 def _check_status(path: Path, status: Any, configs: Sequence[Config]) -> None:
     """Check the shape of ``status.json``'s content (``status``) against the run's configs, so that every later
     ``status[...]`` holds what it is used as. Refuses a file damaged or edited by hand with a message naming
@@ -237,7 +254,7 @@ class RunDirectory:
     @classmethod
     def create(cls, path: str | os.PathLike, configs: Sequence[Config], overwrite: bool = False) -> RunDirectory:
         """Start a new run directory; an existing non-empty one is an error unless ``overwrite``."""
-        _check_one_configuration(configs)
+        check_one_configuration(configs)
         path = Path(path)
         check_new(path, overwrite)
         try:
@@ -267,15 +284,9 @@ class RunDirectory:
                 raise RunDirectoryError(f"{path} is not a divjax run directory: {name} is missing")
         if not (path / METRICS).is_file():
             raise RunDirectoryError(f"{path}/{METRICS} is missing: the run directory is damaged; start the run again")
-        config = _read_json(path / CONFIG)
         try:
-            if not (isinstance(config, dict) and isinstance(config.get("algorithms"), list)
-                    and isinstance(config.get("config"), dict)):
-                raise ValueError('it should hold {"algorithms": [names], "config": {fields}} '
-                                 f"(found {_found(config)})")
-            configs = [Config.from_dict({**config["config"], "algorithm": a}) for a in config["algorithms"]]
-            _check_one_configuration(configs)
-        except (TypeError, ValueError) as err:  # ConfigError is a ValueError
+            configs = configs_from_json(_read_json(path / CONFIG))
+        except ConfigError as err:
             raise RunDirectoryError(f"{path}/{CONFIG} is damaged: {err}") from None
         status = _read_json(path / STATUS)
         _check_status(path, status, configs)

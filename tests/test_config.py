@@ -43,10 +43,11 @@ def NET(**changes) -> NetworkConfig:
         (dict(network=NetworkConfig(stragglers=7)), "network.stragglers"),  # more than 6 nodes
         (dict(network=NET(preset="diablo")), "nodes"),  # 6 is not a multiple of 10
         # Sizes that would overflow int32 or ask for terabytes fail here, not in XLA.
-        (dict(batch_size=10**9), "batch_size"),
-        (dict(local_steps=10**9), "batch_size"),  # the minibatch plan's size names it
+        (dict(batch_size=10**9), "nodes * local_steps * batch_size"),  # the minibatch plan's size names them
+        (dict(local_steps=10**9), "nodes * local_steps * batch_size"),
         (dict(queue_capacity=10**12), "queue_capacity"),
         (dict(snapshot_slots=10**12), "snapshot_slots"),
+        (dict(nodes=200, queue_capacity=2**24), "nodes"),  # each within its bound, 3.4e9 records in all
         (dict(algorithm="adpsgd", degree=10**12), "degree"),
         (dict(omega=1e-4), "omega"),  # 10,000 fragments of a 294-parameter model: most would be empty
         (dict(omega=5e-324), "omega"),  # int(1/omega) would overflow
@@ -83,6 +84,18 @@ def test_custom_network_rejects_non_positive_bandwidth():
     with pytest.raises(ConfigError, match="up_bps"):
         network.Network(up_bps=np.array([1e6, 0.0, 1e6, 1e6]), down_bps=net.down_bps, latency_s=net.latency_s,
                         group=net.group, group_cap_bps=net.group_cap_bps, group_latency_s=net.group_latency_s)
+
+
+def test_a_slow_uniform_network_is_not_refused_for_a_slowdown_it_does_not_use():
+    tiny(network=NetworkConfig(preset="uniform", stragglers=0, fast_mbps=2e-6, slowdown=5.0)).validate()
+    with pytest.raises(ConfigError, match=r"network.slowdown=5.0 is not allowed: a straggler's link"):
+        tiny(network=NetworkConfig(preset="stragglers", stragglers=1, fast_mbps=2e-6, slowdown=5.0)).validate()
+
+
+@pytest.mark.parametrize("log_messages", [-1, 2.5, True])
+def test_a_message_log_size_that_is_not_a_count_is_refused(log_messages):
+    with pytest.raises(ConfigError, match=rf"log_messages={log_messages!r} is not allowed: expected an integer >= 0"):
+        engine.build(tiny(), log_messages=log_messages)
 
 
 def test_json_round_trip_and_unknown_fields():

@@ -23,6 +23,7 @@ NAN, INF = float("nan"), float("inf")
         (dict(latency_s=[0.001, 1e7, 0.001, 0.001]), r"network\.latency_s\[1\]=10000000\.0 is not allowed"),
         # Bandwidths: within the bounds a preset gets (1e-40 bit/s underflows to 0 bits per tick on device).
         (dict(up_bps=[1e6, 1e6, 1e-40, 1e6]), r"network\.up_bps\[2\]=1e-40 is not allowed.*bit/s"),
+        (dict(up_bps=[1e6, 0.5, 1e6, 1e6]), r"network\.up_bps\[1\]=0\.5 is not allowed"),  # below a preset's floor
         (dict(down_bps=[1e16, 1e6, 1e6, 1e6]), r"network\.down_bps\[0\]=1e\+16 is not allowed"),
         (dict(group_cap_bps=[[1e-40]]), r"network\.group_cap_bps\[0, 0\]=1e-40 is not allowed"),
         (dict(up_bps=1e6), r"network\.up_bps=.*\(shape \(\)\) is not allowed: expected a 1-D array"),
@@ -46,14 +47,19 @@ def test_bad_custom_network_is_refused(changes, message):
         dataclasses.replace(network.uniform(4, 1.5), **changes)
 
 
-def test_network_of_the_wrong_size_or_kind_is_refused_before_compiling():
+def test_the_slowest_link_a_preset_may_have_is_a_valid_custom_network():
+    slowest = network.MIN_BPS  # 1 bit/s, NetworkConfig's MIN_MBPS
+    assert dataclasses.replace(network.uniform(4), up_bps=np.full(4, slowest)).up_bps.min() == slowest
+    assert network.from_config(NetworkConfig(preset="uniform", stragglers=0, fast_mbps=1e-6), 4).up_bps.min() == slowest
+
+
+def test_network_of_the_wrong_size_or_kind_is_refused_before_the_task_is_built(monkeypatch):
     cfg = tiny()  # 6 nodes
-    traces_before = sum(engine.TRACES.values())
+    monkeypatch.setattr(engine.tasks, "build", lambda *a, **k: pytest.fail("built the task before the network"))
     with pytest.raises(ConfigError, match=r"network with 4 nodes is not allowed: .*config\.nodes=6"):
         engine.build(cfg, network=network.uniform(4))
     with pytest.raises(ConfigError, match=r"network=NetworkConfig\(.*\) is not allowed: expected a divjax\.network"):
         engine.build(cfg, network=NetworkConfig())
-    assert sum(engine.TRACES.values()) == traces_before
 
 
 def test_network_keeps_its_own_read_only_copy_of_what_was_checked():

@@ -273,3 +273,22 @@ def test_the_report_lists_each_tasks_experiments_main_first(tmp_path):
         (tmp_path / name / "summary.csv").write_text(f"task,experiment\n{task},{experiment}\n")
     order = [(r["task"], r["experiment"]) for r in reproduce.read_summaries(tmp_path)]
     assert order == [("cifar10", "main"), ("cifar10", "stragglers"), ("synthetic", "main"), ("synthetic", "degree")]
+
+
+def test_a_bad_data_directory_fails_before_any_directory_is_written(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()  # exists (the config's check passes) but holds no MovieLens files
+    code = cli.main(["reproduce", "main", "--task", "movielens", "--data-dir", str(tmp_path / "empty"),
+                     "--scale", "tiny", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 1 and "divjax: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_run_elsewhere_is_no_twin_and_no_crash(tmp_path):
+    """A hand-damaged run in another experiment does not stop this one from running its own row."""
+    from tests.helpers import tiny
+
+    damaged = tmp_path / "synthetic-degree" / "divshare-0.1" / "degree6" / "seed0"
+    damaged.mkdir(parents=True)
+    for name in ("status.json", "config.json", "metrics.csv"):
+        (damaged / name).write_text("{ not json")
+    assert reproduce._finished_twin(tmp_path, tiny()) is None

@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -113,14 +114,14 @@ def test_cli_bad_input_is_a_clear_error(flags, message):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--algorithms", "divshare,divshare"], "--algorithms=divshare,divshare is not allowed: name each"),
+    (["run", "--algorithms", "divshare,divshare"], "algorithms=divshare,divshare is not allowed: name each"),
     (["run", "--checkpoint-every", "nan"], "--checkpoint-every: 'nan' is not allowed"),
     (["run", "--checkpoint-every", "-1"], "--checkpoint-every: '-1' is not allowed"),
     (["run", "--eval-every", "1", "--eval-every-iterations", "2"], "are not allowed together"),
     (["run", "--data-dir", "."], "task.data_dir='.' is not allowed: the synthetic task generates its data"),
     (["run", "--test-samples", "100"], "task.test_samples=100 is not allowed: only the cifar10 task"),
-    (["run", "--batch-size", "1000000000"], "batch_size=1000000000 is not allowed"),
-    (["run", "--omega", "0.0001"], "omega=0.0001 is not allowed: it cuts the synthetic model's d=2282"),
+    (["run", "--batch-size", "1000000000"], "nodes * local_steps * batch_size=1920000000000 is not allowed"),
+    (["run", "--omega", "0.0001"], "omega=0.0001 is not allowed: it cuts the model's d=2282"),
     (["run", "--config", "."], "--config .: cannot be read"),
     (["reproduce", "main", "--task", "synthetic", "--scale", "tiny", "--notes", "/nonexistent/notes.md"],
      "--notes /nonexistent/notes.md: no such file"),
@@ -134,12 +135,19 @@ def test_cli_refuses_values_it_would_ignore_or_choke_on(argv, message, tmp_path,
     assert list(tmp_path.iterdir()) == []  # refused before any run directory was written
 
 
-@pytest.mark.parametrize("config", [{"network": 5}, {"task": "synthetic"}, {"config": {}, "algorithms": 5}],
-                         ids=["network", "task", "algorithms"])
-def test_cli_config_files_of_the_wrong_shape_are_refused(config, tmp_path):
+@pytest.mark.parametrize("config, message", [
+    ({"network": 5}, "network=5 is not allowed: expected a"),
+    ({"task": "synthetic"}, "task='synthetic' is not allowed: expected a"),
+    # A run directory's config.json is read by the same rules as `divjax resume` reads it.
+    ({"config": {}, "algorithms": 5}, 'it should hold {"algorithms": [names]'),
+    ({"config": {}}, 'it should hold {"algorithms": [names]'),
+    ({"config": {}, "algorithms": []}, "algorithms=[] is not allowed"),  # not silently the default three
+    ({"config": {}, "algorithms": ["swift", "swift"]}, "algorithms=swift,swift is not allowed"),
+], ids=["network", "task", "algorithms", "no-algorithms", "empty-algorithms", "repeated-algorithms"])
+def test_cli_config_files_of_the_wrong_shape_are_refused(config, message, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="is not allowed: expected a"):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         cli.configs_from_args(cli._parser().parse_args(["run", "--config", str(path)]))
 
 
@@ -153,6 +161,17 @@ def test_running_out_of_memory_is_a_clear_error_not_a_traceback(tmp_path, capsys
     assert code == 1 and "divjax: error: out of memory (RESOURCE_EXHAUSTED" in err and "lower nodes" in err
     assert f"{tmp_path / 'run'} is marked incomplete" in err
     assert not json.loads((tmp_path / "run" / "status.json").read_text())["complete"]
+
+
+def test_running_out_of_memory_while_building_is_a_clear_error_with_no_run_directory(tmp_path, capsys,
+                                                                                      monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.2 TiB for an array")
+
+    monkeypatch.setattr(cli.engine, "build", exhausted)
+    code = cli.main(["run", *TINY_FLAGS, "--duration", "1", "--out", str(tmp_path / "run")])
+    assert code == 1 and "divjax: error: out of memory (Unable to allocate 3.2 TiB" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_xla_error_that_is_not_out_of_memory_is_not_disguised_as_one(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ raised when the directory is opened or before it is created: never a raw traceba
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -129,4 +130,18 @@ def test_a_taken_out_is_refused_before_the_data_is_loaded(tmp_path, capsys, monk
     monkeypatch.setattr(cli.engine, "build", lambda *a, **k: pytest.fail("built before checking --out"))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["run", *TINY_FLAGS, "--duration", "2", "--out", str(tmp_path)])
-    assert exit_.value.code == 2 and f"divjax: error: {tmp_path}" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"divjax: error: {tmp_path} already exists and is not empty" in capsys.readouterr().err
+
+
+def test_an_installed_divjax_inside_someone_elses_repository_records_no_commit(tmp_path, monkeypatch):
+    """site-packages may lie inside an unrelated git checkout: its HEAD is not the code that made a result."""
+    from divjax import rundir
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=someone", "-c", "user.email=someone@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "their project"], check=True)  # a HEAD to misreport
+    installed = tmp_path / "venv" / "site-packages" / "divjax"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(rundir, "__file__", str(installed / "rundir.py"))
+    assert rundir.source_commit() == "unknown"
