@@ -353,7 +353,7 @@ class Config:
         _require(self.evaluation_period >= self.tick * (1 - 1e-9), "eval_every", self.eval_every,
                  f"expected at least one tick ({self.tick} s)")
         _finite_in("target_accuracy", self.target_accuracy, 0, 1, " (a fraction)")
-        _integer("seed", self.seed, 0, 2**31 - 1)
+        _integer("seed", self.seed, 0, INT32_LIMIT)
         _choice("topology", self.topology, TOPOLOGIES)
         if self.algorithm == "dpsgd" and self.topology == "regular":
             _require(self.degree < self.nodes and (self.degree * self.nodes) % 2 == 0, "degree", self.degree,
